@@ -1,0 +1,1 @@
+"""Analytics: pure Polars transforms (consumption, rollups, detectors) and thin job runners."""

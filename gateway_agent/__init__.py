@@ -1,0 +1,1 @@
+"""The edge gateway agent: device profiles, register decoding, polling, outbox, publisher."""

@@ -1,0 +1,1 @@
+"""Ingest: validate gateway batches, store every reading exactly once, acknowledge after commit."""

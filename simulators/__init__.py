@@ -1,0 +1,1 @@
+"""Faithful meter simulators with fault injection and a ground-truth ledger."""

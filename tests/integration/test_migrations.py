@@ -1,0 +1,180 @@
+"""One set of migrations, two stores: a TimescaleDB hypertable and a plain PostgreSQL table."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from store.capabilities import detect
+from store.migrations import StoreError, migrate, migrations_dir, prepare_backend, status
+from tests.conftest import DatabaseFactory
+
+pytestmark = pytest.mark.integration
+
+EXPECTED_TABLES = {
+    "organisations", "projects", "buildings", "units", "gateways", "meters",
+    "meter_installations", "readings", "gateway_progress", "dead_letters", "users",
+    "memberships", "audit_log",
+}  # fmt: skip
+
+
+def tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def is_hypertable(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM timescaledb_information.hypertables"
+            " WHERE hypertable_name = 'readings'"
+        ).fetchone()
+    return bool(row and row[0] == 1)
+
+
+def insert_reading(conn: psycopg.Connection[tuple[object, ...]], value: float) -> int:
+    cur = conn.execute(
+        "INSERT INTO readings (meter_id, channel, ts, value) VALUES (%s, %s, %s, %s)"
+        " ON CONFLICT DO NOTHING",
+        (42, "energy_import_kwh", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), value),
+    )
+    return cur.rowcount
+
+
+def assert_unique_key(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert insert_reading(conn, 1.0) == 1
+        assert insert_reading(conn, 2.0) == 0  # idempotent re-delivery is a no-op
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                "INSERT INTO readings (meter_id, channel, ts, value) VALUES (%s, %s, %s, %s)",
+                (42, "energy_import_kwh", dt.datetime(2026, 1, 1, tzinfo=dt.UTC), 3.0),
+            )
+        row = conn.execute("SELECT count(*), min(value) FROM readings").fetchone()
+        assert row == (1, 1.0)
+
+
+def test_timescaledb_store(make_database: DatabaseFactory) -> None:
+    url = make_database()
+    applied, caps = migrate(url, "require")
+    assert applied == ["0001.initial"]
+    assert caps.backend == "timescaledb"
+    assert caps.timescaledb_license in {"apache", "timescale"}
+    assert tables(url) >= EXPECTED_TABLES
+    assert is_hypertable(url)
+    # Re-applying is a no-op.
+    again, _ = migrate(url, "require")
+    assert again == []
+    state = status(url)
+    assert state.readings_is_hypertable
+    assert state.pending == ()
+    assert_unique_key(url)
+
+
+def test_plain_postgresql_store(make_database: DatabaseFactory) -> None:
+    url = make_database()
+    applied, caps = migrate(url, "off")
+    assert applied == ["0001.initial"]
+    assert caps.backend == "postgresql"
+    assert caps.timescaledb_installed is None
+    assert tables(url) >= EXPECTED_TABLES
+    with psycopg.connect(url) as conn:
+        kinds = conn.execute(
+            "SELECT c.relkind, am.amname FROM pg_class c"
+            " LEFT JOIN pg_index i ON i.indexrelid = c.oid"
+            " LEFT JOIN pg_am am ON am.oid = c.relam"
+            " WHERE c.relname IN ('readings', 'readings_ts_brin') ORDER BY c.relname"
+        ).fetchall()
+    assert kinds == [("r", "heap"), ("i", "brin")]
+    assert migrate(url, "off")[0] == []
+    assert not status(url).readings_is_hypertable
+    assert_unique_key(url)
+
+
+def test_existing_store_keeps_its_backend(make_database: DatabaseFactory) -> None:
+    """A plain store migrated later in `auto` mode is not half-converted."""
+    url = make_database()
+    migrate(url, "off")
+    _, caps = migrate(url, "auto")
+    assert caps.timescaledb_installed is None
+    assert not status(url).readings_is_hypertable
+
+
+def test_concurrent_migrations_apply_once(make_database: DatabaseFactory) -> None:
+    """Two processes migrating at once: yoyo's lock lets one apply, the other sees it done."""
+    url = make_database()
+    code = "import sys; from store.migrations import migrate; print(migrate(sys.argv[1], 'off')[0])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outputs == ["['0001.initial']", "[]"]
+
+
+def test_time_zone_must_be_iana(make_database: DatabaseFactory) -> None:
+    url = make_database()
+    migrate(url, "off")
+    with psycopg.connect(url, autocommit=True) as conn:
+        org = conn.execute(
+            "INSERT INTO organisations (code, name) VALUES ('hq', 'HQ') RETURNING id"
+        ).fetchone()
+        assert org is not None
+        conn.execute(
+            "INSERT INTO projects (organisation_id, code, name, time_zone)"
+            " VALUES (%s, 'p1', 'Estate', 'Asia/Shanghai')",
+            (org[0],),
+        )
+        for bad in ("Mars/Olympus", "UTC+8", ""):
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(
+                    "INSERT INTO projects (organisation_id, code, name, time_zone)"
+                    " VALUES (%s, %s, 'x', %s)",
+                    (org[0], f"bad-{bad}", bad),
+                )
+
+
+def test_membership_role_must_fit_tier(make_database: DatabaseFactory) -> None:
+    url = make_database()
+    migrate(url, "off")
+    with psycopg.connect(url, autocommit=True) as conn:
+        org = conn.execute("INSERT INTO organisations (code, name) VALUES ('hq','HQ') RETURNING id")
+        org_id = org.fetchone()[0]  # type: ignore[index]
+        user = conn.execute("INSERT INTO users (username) VALUES ('a') RETURNING id")
+        user_id = user.fetchone()[0]  # type: ignore[index]
+        conn.execute(
+            "INSERT INTO memberships (user_id, organisation_id, tier, role)"
+            " VALUES (%s, %s, 'hq', 'hq_admin')",
+            (user_id, org_id),
+        )
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(  # staff belong to a project, never to HQ
+                "INSERT INTO memberships (user_id, organisation_id, tier, role)"
+                " VALUES (%s, %s, 'hq', 'staff')",
+                (user_id, org_id),
+            )
+
+
+def test_require_without_extension_fails_clearly(embedded_pg_url: str) -> None:
+    """A server with no TimescaleDB files: `require` names the problem, `auto` goes plain."""
+    with pytest.raises(StoreError, match="timescaledb required but the server has no"):
+        prepare_backend(embedded_pg_url, "require")
+    _, caps = migrate(embedded_pg_url, "auto")
+    assert caps.backend == "postgresql"
+    with psycopg.connect(embedded_pg_url) as conn:
+        assert detect(conn).timescaledb_available is None
+
+
+def test_migration_files_are_found() -> None:
+    assert (migrations_dir() / "0001.initial.sql").is_file()
+    assert os.access(migrations_dir(), os.R_OK)
