@@ -16,6 +16,12 @@ from tests.conftest import DatabaseFactory
 
 pytestmark = pytest.mark.integration
 
+ALL_MIGRATIONS = sorted(
+    p.name.removesuffix(".sql")
+    for p in migrations_dir().glob("*.sql")
+    if not p.name.endswith(".rollback.sql")
+)
+
 EXPECTED_TABLES = {
     "organisations", "projects", "buildings", "units", "gateways", "meters",
     "meter_installations", "readings", "gateway_progress", "dead_letters", "users",
@@ -66,7 +72,7 @@ def assert_unique_key(url: str) -> None:
 def test_timescaledb_store(make_database: DatabaseFactory) -> None:
     url = make_database()
     applied, caps = migrate(url, "require")
-    assert applied == ["0001.initial"]
+    assert applied == ALL_MIGRATIONS
     assert caps.backend == "timescaledb"
     assert caps.timescaledb_license in {"apache", "timescale"}
     assert tables(url) >= EXPECTED_TABLES
@@ -83,7 +89,7 @@ def test_timescaledb_store(make_database: DatabaseFactory) -> None:
 def test_plain_postgresql_store(make_database: DatabaseFactory) -> None:
     url = make_database()
     applied, caps = migrate(url, "off")
-    assert applied == ["0001.initial"]
+    assert applied == ALL_MIGRATIONS
     assert caps.backend == "postgresql"
     assert caps.timescaledb_installed is None
     assert tables(url) >= EXPECTED_TABLES
@@ -119,7 +125,7 @@ def test_concurrent_migrations_apply_once(make_database: DatabaseFactory) -> Non
     ]
     outputs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
     assert [p.returncode for p in procs] == [0, 0]
-    assert outputs == ["['0001.initial']", "[]"]
+    assert outputs == sorted([str(ALL_MIGRATIONS), "[]"])
 
 
 def test_time_zone_must_be_iana(make_database: DatabaseFactory) -> None:
@@ -175,6 +181,37 @@ def test_require_without_extension_fails_clearly(embedded_pg_url: str) -> None:
         assert detect(conn).timescaledb_available is None
 
 
+def test_null_value_only_when_the_meter_did_not_answer(make_database: DatabaseFactory) -> None:
+    url = make_database()
+    migrate(url, "require")
+    ts = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    with psycopg.connect(url, autocommit=True) as conn:
+        for quality in ("comm_error", "nan_sentinel"):
+            conn.execute(
+                "INSERT INTO readings (meter_id, channel, ts, value, quality)"
+                " VALUES (1, %s, %s, NULL, %s)",
+                (f"power_w_{quality}", ts, quality),
+            )
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(
+                "INSERT INTO readings (meter_id, channel, ts, value, quality)"
+                " VALUES (1, 'power_w', %s, NULL, 'good')",
+                (ts,),
+            )
+
+
+def test_stored_qualities_match_the_contract(make_database: DatabaseFactory) -> None:
+    from typing import get_args  # noqa: PLC0415
+
+    from contracts.wire import Quality  # noqa: PLC0415
+
+    url = make_database()
+    migrate(url, "off")
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT unnest(enum_range(NULL::reading_quality))::text").fetchall()
+    assert {r[0] for r in rows} == set(get_args(Quality))
+
+
 def test_migration_files_are_found() -> None:
-    assert (migrations_dir() / "0001.initial.sql").is_file()
+    assert ALL_MIGRATIONS[0] == "0001.initial"
     assert os.access(migrations_dir(), os.R_OK)

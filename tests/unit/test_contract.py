@@ -1,0 +1,234 @@
+"""The wire contract: golden payloads, round trips, topics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from typing import get_args
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contracts.channels import CHANNELS, COUNTERS, UNITS, ChannelName
+from contracts.fixtures import GoldenPayload, golden_now, golden_payloads, golden_registry
+from contracts.topics import (
+    ack_topic,
+    backfill_topic,
+    parse_topic,
+    readings_topic,
+    shared_subscription,
+    status_topic,
+)
+from contracts.wire import (
+    MAX_ABS_VALUE,
+    NULL_VALUE_QUALITIES,
+    Ack,
+    Batch,
+    ContractError,
+    Quality,
+    Reading,
+    Reason,
+    decode_ack,
+    decode_batch,
+    encode,
+)
+
+GOLDEN = golden_payloads()
+
+
+def judge(case: GoldenPayload) -> str:
+    """What the contract alone says about a golden payload: 'ok' or the reason."""
+    try:
+        topic = parse_topic(case.topic)
+        decode_batch(case.payload, topic_gateway_id=topic.gateway_id, now=golden_now())
+    except ContractError as exc:
+        return str(exc.reason)
+    return "ok"
+
+
+def test_channel_vocabulary_is_closed_and_consistent() -> None:
+    assert set(get_args(ChannelName)) == set(CHANNELS)
+    assert {n for n, c in CHANNELS.items() if c.cumulative} == COUNTERS
+    assert all(UNITS[name] for name in CHANNELS)
+
+
+def test_every_contract_reason_has_a_golden_payload() -> None:
+    covered = {case.expect for case in GOLDEN}
+    assert set(Reason) <= covered, set(Reason) - covered
+
+
+@pytest.mark.parametrize("case", GOLDEN, ids=lambda c: c.name)
+def test_golden_payload(case: GoldenPayload) -> None:
+    verdict = judge(case)
+    if case.stage == "contract":
+        assert verdict == case.expect, case.note
+    else:
+        # Ingest-stage reasons need the registry: the contract itself accepts the payload.
+        assert verdict == "ok"
+        assert case.expect in {Reason.UNKNOWN_METER, Reason.METER_NOT_ON_GATEWAY}
+
+
+def test_ingest_stage_cases_fit_the_registry() -> None:
+    registry = golden_registry()
+    registered = {m for meters in registry.values() for m in meters}
+    for case in GOLDEN:
+        if case.stage != "ingest":
+            continue
+        batch = decode_batch(case.payload, topic_gateway_id="gw-0001", now=golden_now())
+        meters = {r.meter_id for r in batch.readings}
+        if case.expect == Reason.UNKNOWN_METER:
+            assert not meters & registered
+        else:
+            assert meters <= registered
+            assert not meters & set(registry["gw-0001"])
+
+
+def test_contract_errors_are_the_only_errors() -> None:
+    garbage = [b"", b"\x00\xff", b"[]", b"null", b'{"v": "1"}', b'{"readings": 5}', b"1e999"]
+    for payload in garbage:
+        with pytest.raises(ContractError):
+            decode_batch(payload, topic_gateway_id="gw-0001", now=golden_now())
+
+
+# ---------------------------------------------------------------- round trip (hypothesis)
+NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+channels: st.SearchStrategy[ChannelName] = st.sampled_from(get_args(ChannelName))
+qualities = st.sampled_from(get_args(Quality))
+# hypothesis takes naive bounds and attaches the zone itself.
+timestamps = st.datetimes(
+    min_value=dt.datetime(2000, 1, 2),  # noqa: DTZ001
+    max_value=dt.datetime(2026, 6, 1),  # noqa: DTZ001
+    timezones=st.just(dt.UTC),
+)
+
+
+@st.composite
+def readings(draw: st.DrawFn, seq: int) -> Reading:
+    channel = draw(channels)
+    quality = draw(qualities)
+    value = (
+        None
+        if quality in NULL_VALUE_QUALITIES
+        else draw(st.floats(-MAX_ABS_VALUE, MAX_ABS_VALUE, allow_nan=False))
+    )
+    raw = draw(st.none() | st.lists(st.integers(0, 0xFFFF), max_size=4).map(tuple))
+    return Reading(
+        meter_id=draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,30}", fullmatch=True)),
+        channel=channel,
+        ts=draw(timestamps),
+        value=value,
+        unit=UNITS[channel],
+        seq=seq,
+        quality=quality,
+        raw=raw,
+    )
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> Batch:
+    start = draw(st.integers(0, 2**40))
+    gaps = draw(st.lists(st.integers(1, 5), min_size=1, max_size=30))
+    seqs = [start + sum(gaps[:i]) for i in range(len(gaps))]
+    items = [draw(readings(seq)) for seq in seqs]
+    return Batch(
+        v=1,
+        gateway_id=draw(st.from_regex(r"gw-[a-z0-9]{1,8}", fullmatch=True)),
+        boot_id=uuid.UUID(int=draw(st.integers(0, 2**128 - 1))),
+        kind=draw(st.sampled_from(["live", "backfill"])),
+        sent_at=NOW,
+        seq_first=seqs[0],
+        seq_last=seqs[-1],
+        readings=items,
+    )
+
+
+@given(batches())
+def test_batch_round_trip(batch: Batch) -> None:
+    decoded = decode_batch(encode(batch), topic_gateway_id=batch.gateway_id, now=NOW)
+    assert decoded == batch
+
+
+@given(
+    st.builds(
+        Ack,
+        v=st.just(1),
+        boot_id=st.uuids(),
+        from_seq=st.integers(0, 2**62),
+        upto_seq=st.integers(0, 2**62),
+        status=st.sampled_from(["stored", "dead_letter"]),
+        stored=st.integers(0, 20_000),
+        duplicates=st.integers(0, 20_000),
+        reason=st.none() | st.sampled_from([str(r) for r in Reason]),
+    )
+)
+def test_ack_round_trip(ack: Ack) -> None:
+    assert decode_ack(encode(ack)) == ack
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_escape_as_other_errors(payload: bytes) -> None:
+    with pytest.raises(ContractError):
+        decode_batch(payload, topic_gateway_id="gw-0001", now=NOW)
+
+
+def test_offsets_denote_the_same_instant() -> None:
+    case = next(c for c in GOLDEN if c.name == "local_offset_and_raw")
+    batch = decode_batch(case.payload, topic_gateway_id="gw-0001", now=golden_now())
+    assert batch.readings[0].ts == dt.datetime(2026, 3, 1, 11, 59, tzinfo=dt.UTC)
+    assert batch.readings[0].raw == (1, 57920)
+
+
+def test_default_fields_are_not_sent() -> None:
+    reading = Reading("m", "power_w", NOW, 1.0, "W", 1)
+    assert b"quality" not in encode(reading)
+    assert b"raw" not in encode(reading)
+
+
+def test_non_finite_values_never_pass_as_numbers() -> None:
+    """msgspec writes inf/NaN as null, which the contract then refuses unless the quality
+    says why the value is missing; an out-of-range literal is refused as non_finite."""
+    batch = Batch(1, "gw-1", uuid.UUID(int=1), "live", NOW, 1, 1,
+                  [Reading("m", "power_w", NOW, math.inf, "W", 1)])  # fmt: skip
+    payload = encode(batch)
+    assert b'"value":null' in payload
+    with pytest.raises(ContractError) as info:
+        decode_batch(payload, topic_gateway_id="gw-1", now=NOW)
+    assert info.value.reason == Reason.MISSING_VALUE
+    with pytest.raises(ContractError) as info:
+        decode_batch(
+            payload.replace(b'"value":null', b'"value":-1e999'), topic_gateway_id="gw-1", now=NOW
+        )
+    assert info.value.reason == Reason.NON_FINITE
+
+
+# ---------------------------------------------------------------- topics
+def test_topic_builders_and_parser_agree() -> None:
+    for build, kind in (
+        (readings_topic, "readings"),
+        (backfill_topic, "backfill"),
+        (ack_topic, "ack"),
+        (status_topic, "status"),
+    ):
+        topic = build("gw-0001")
+        assert topic == f"v1/gw/gw-0001/{kind}"
+        assert parse_topic(topic) == ("gw-0001", kind)
+    assert shared_subscription("v1/gw/+/readings") == "$share/ingest/v1/gw/+/readings"
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["v1/gw/gw-0001", "v1/gw/gw-0001/readings/x", "v2/gw/a/readings", "v1/gw/+/readings",
+     "v1/gw//readings", "v1/gw/a#/ack", "", "v1/gw/gw-0001/Readings"],
+)  # fmt: skip
+def test_foreign_topics_are_refused(topic: str) -> None:
+    with pytest.raises(ContractError) as info:
+        parse_topic(topic)
+    assert info.value.reason == Reason.UNKNOWN_TOPIC
+
+
+@pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "gw 1", "x" * 65])
+def test_topic_builders_refuse_bad_gateway_ids(bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid gateway id"):
+        readings_topic(bad)
