@@ -2,7 +2,8 @@
 
 msgspec decodes and type-checks a whole batch in C (the ingest hot path); the few rules a
 type cannot express (unit matches channel, value present unless the meter did not answer,
-sequence order, timestamp plausibility) are checked in one pass in `validate_batch`.
+sequence order, timestamp plausibility) are checked in one pass in `check_readings`. A batch
+whose envelope is unreadable is refused whole; a bad reading is refused alone.
 `bench/contract_decode.py` measured the alternatives; see bench/RESULTS.md.
 
 Example of one batch on the wire (`v1/gw/gw-0001/readings`):
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
@@ -148,16 +150,62 @@ class _VersionProbe(msgspec.Struct):
     v: object = None
 
 
+class _LenientBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The envelope typed, each reading left raw: the slow path after a typing failure."""
+
+    v: int
+    gateway_id: GatewayId
+    boot_id: uuid.UUID
+    kind: Literal["live", "backfill"]
+    sent_at: AwareDatetime
+    seq_first: Seq
+    seq_last: Seq
+    readings: list[msgspec.Raw]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """One reading refused while the rest of its batch is accepted."""
+
+    index: int  # position in the batch as published
+    reason: Reason
+    detail: str
+    reading: bytes  # the reading's JSON, enough to replay it
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A readable batch: `batch.readings` holds the accepted readings, in order."""
+
+    batch: Batch
+    rejected: tuple[Rejected, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How far a reading's timestamp may stray from the receiver's clock."""
+
+    max_future: dt.timedelta = MAX_FUTURE
+    earliest: dt.datetime = EARLIEST_TS
+
+
 _batch_decoder: Final = msgspec.json.Decoder(Batch)
+_lenient_decoder: Final = msgspec.json.Decoder(_LenientBatch)
+_reading_decoder: Final = msgspec.json.Decoder(Reading)
 _probe_decoder: Final = msgspec.json.Decoder(_VersionProbe)
 _encoder: Final = msgspec.json.Encoder()
 _ack_decoder: Final = msgspec.json.Decoder(Ack)
 
 
-def decode_batch(payload: bytes, *, topic_gateway_id: str, now: dt.datetime) -> Batch:
-    """Decode and fully validate a batch published under `topic_gateway_id`.
+def decode_batch(
+    payload: bytes, *, topic_gateway_id: str, now: dt.datetime, bounds: Bounds = Bounds()
+) -> Decoded:
+    """Decode and validate a batch published under `topic_gateway_id`.
 
-    Raises `ContractError` with the dead-letter reason; never anything else.
+    A batch that cannot be read as a whole (not JSON, wrong version, bad envelope, sequence
+    disorder, wrong gateway) raises `ContractError` with its dead-letter reason. A readable
+    batch returns its good readings plus the bad ones as `Rejected`: one bad reading never
+    poisons the others. Raises nothing but `ContractError`.
 
     >>> decode_batch(b'{"v": 2}', topic_gateway_id="gw-1", now=EARLIEST_TS)
     Traceback (most recent call last):
@@ -171,79 +219,140 @@ def decode_batch(payload: bytes, *, topic_gateway_id: str, now: dt.datetime) -> 
     try:
         batch = _batch_decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        raise _classify_schema_error(payload, exc) from None
+        # Fast path failed: find out whether the envelope or some readings are at fault.
+        return _decode_slow(payload, exc, topic_gateway_id, now, bounds)
     except msgspec.DecodeError as exc:
         raise ContractError(Reason.INVALID_JSON, str(exc)) from None
-    if batch.v != SCHEMA_VERSION:
-        raise ContractError(Reason.SCHEMA_VERSION, _version_message(batch.v))
-    validate_batch(batch, topic_gateway_id=topic_gateway_id, now=now)
-    return batch
-
-
-def _version_message(version: object) -> str:
-    return f"schema version {version!r} is not supported (expected {SCHEMA_VERSION})"
-
-
-def _classify_schema_error(payload: bytes, exc: msgspec.ValidationError) -> ContractError:
-    """A batch of another schema version fails typing for that reason, not a field's."""
-    try:
-        version = _probe_decoder.decode(payload).v
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        version = None
-    if version is not None and version != SCHEMA_VERSION:
-        return ContractError(Reason.SCHEMA_VERSION, _version_message(version))
-    # msgspec refuses JSON numbers beyond float range (1e400) with this message; it has no
-    # error subtype for it, so the text is the only way to give the precise reason.
-    if str(exc).startswith("Number out of range"):
-        return ContractError(Reason.NON_FINITE, str(exc))
-    return ContractError(Reason.SCHEMA, str(exc))
-
-
-def validate_batch(batch: Batch, *, topic_gateway_id: str, now: dt.datetime) -> None:
-    """The rules beyond typing, in one pass over the readings. Raises `ContractError`."""
-    if batch.gateway_id != topic_gateway_id:
-        raise ContractError(
-            Reason.GATEWAY_MISMATCH,
-            f"payload gateway_id {batch.gateway_id!r} published on {topic_gateway_id!r}'s topic",
-        )
+    _check_envelope(batch.v, batch.gateway_id, len(batch.readings), topic_gateway_id)
     readings = batch.readings
-    if not readings:
-        raise ContractError(Reason.EMPTY_BATCH, "a batch carries at least one reading")
-    if len(readings) > MAX_READINGS_PER_BATCH:
-        raise ContractError(
-            Reason.TOO_MANY_READINGS, f"{len(readings)} > limit of {MAX_READINGS_PER_BATCH}"
-        )
     if readings[0].seq != batch.seq_first or readings[-1].seq != batch.seq_last:
         raise ContractError(
             Reason.SEQ_RANGE,
             f"envelope says seq {batch.seq_first}..{batch.seq_last}, readings run"
             f" {readings[0].seq}..{readings[-1].seq}",
         )
-    latest = now + MAX_FUTURE
+    bad = check_readings(readings, now, bounds)
+    if not bad:
+        return Decoded(batch)
+    rejected = tuple(
+        Rejected(index, reason, detail, _encoder.encode(readings[index]))
+        for index, reason, detail in bad
+    )
+    skip = {r.index for r in rejected}
+    good = [r for i, r in enumerate(readings) if i not in skip]
+    return Decoded(msgspec.structs.replace(batch, readings=good), rejected)
+
+
+def _version_message(version: object) -> str:
+    return f"schema version {version!r} is not supported (expected {SCHEMA_VERSION})"
+
+
+def _schema_reason(exc: msgspec.ValidationError) -> Reason:
+    # msgspec refuses JSON numbers beyond float range (1e400) with this message; it has no
+    # error subtype for it, so the text is the only way to give the precise reason.
+    return Reason.NON_FINITE if str(exc).startswith("Number out of range") else Reason.SCHEMA
+
+
+def _check_envelope(version: int, gateway_id: str, count: int, topic_gateway_id: str) -> None:
+    if version != SCHEMA_VERSION:
+        raise ContractError(Reason.SCHEMA_VERSION, _version_message(version))
+    if gateway_id != topic_gateway_id:
+        raise ContractError(
+            Reason.GATEWAY_MISMATCH,
+            f"payload gateway_id {gateway_id!r} published on {topic_gateway_id!r}'s topic",
+        )
+    if count == 0:
+        raise ContractError(Reason.EMPTY_BATCH, "a batch carries at least one reading")
+    if count > MAX_READINGS_PER_BATCH:
+        raise ContractError(
+            Reason.TOO_MANY_READINGS, f"{count} > limit of {MAX_READINGS_PER_BATCH}"
+        )
+
+
+def _decode_slow(
+    payload: bytes,
+    first_error: msgspec.ValidationError,
+    topic_gateway_id: str,
+    now: dt.datetime,
+    bounds: Bounds,
+) -> Decoded:
+    try:
+        lenient = _lenient_decoder.decode(payload)
+    except msgspec.ValidationError:
+        try:
+            version = _probe_decoder.decode(payload).v
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            version = None
+        if version is not None and version != SCHEMA_VERSION:
+            raise ContractError(Reason.SCHEMA_VERSION, _version_message(version)) from None
+        raise ContractError(_schema_reason(first_error), str(first_error)) from None
+    _check_envelope(lenient.v, lenient.gateway_id, len(lenient.readings), topic_gateway_id)
+    typed: list[Reading] = []
+    positions: list[int] = []
+    rejected: list[Rejected] = []
+    for index, raw in enumerate(lenient.readings):
+        try:
+            typed.append(_reading_decoder.decode(raw))
+            positions.append(index)
+        except msgspec.ValidationError as exc:
+            rejected.append(Rejected(index, _schema_reason(exc), str(exc), bytes(raw)))
+    for local, reason, detail in check_readings(typed, now, bounds):
+        index = positions[local]
+        rejected.append(Rejected(index, reason, detail, bytes(lenient.readings[index])))
+    skip = {r.index for r in rejected}
+    good = [r for r, i in zip(typed, positions, strict=True) if i not in skip]
+    batch = Batch(
+        v=lenient.v,
+        gateway_id=lenient.gateway_id,
+        boot_id=lenient.boot_id,
+        kind=lenient.kind,
+        sent_at=lenient.sent_at,
+        seq_first=lenient.seq_first,
+        seq_last=lenient.seq_last,
+        readings=good,
+    )
+    return Decoded(batch, tuple(sorted(rejected, key=lambda r: r.index)))
+
+
+def check_readings(
+    readings: list[Reading], now: dt.datetime, bounds: Bounds
+) -> list[tuple[int, Reason, str]]:
+    """The per-reading rules, in one pass; returns (index, reason, detail) of each failure.
+
+    Sequence disorder is a batch-level fault (the gateway's outbox is broken) and raises.
+    """
+    latest = now + bounds.max_future
+    earliest = bounds.earliest
     units = UNITS
     previous = -1
-    # One loop, cheapest checks first; the index is only needed to report a failure.
+    bad: list[tuple[int, Reason, str]] = []
     for index, r in enumerate(readings):
         if r.seq <= previous:
             raise ContractError(Reason.SEQ_ORDER, f"reading {index}: seq {r.seq} after {previous}")
         previous = r.seq
         if units[r.channel] != r.unit:
-            raise ContractError(
-                Reason.UNIT_MISMATCH,
-                f"reading {index}: {r.channel} is in {units[r.channel]}, not {r.unit!r}",
+            bad.append(
+                (
+                    index,
+                    Reason.UNIT_MISMATCH,
+                    f"{r.channel} is in {units[r.channel]}, not {r.unit!r}",
+                )
             )
+            continue
         value = r.value
         if value is None:
             if r.quality not in NULL_VALUE_QUALITIES:
-                raise ContractError(
-                    Reason.MISSING_VALUE,
-                    f"reading {index}: value is null but quality is {r.quality!r}",
+                bad.append(
+                    (index, Reason.MISSING_VALUE, f"value is null but quality is {r.quality!r}")
                 )
+                continue
         elif not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:  # also false for NaN
-            raise ContractError(Reason.NON_FINITE, f"reading {index}: value {value!r}")
-        if not EARLIEST_TS <= r.ts <= latest:
+            bad.append((index, Reason.NON_FINITE, f"value {value!r}"))
+            continue
+        if not earliest <= r.ts <= latest:
             reason = Reason.TS_FUTURE if r.ts > latest else Reason.TS_TOO_OLD
-            raise ContractError(reason, f"reading {index}: ts {r.ts.isoformat()}")
+            bad.append((index, reason, f"ts {r.ts.isoformat()}"))
+    return bad
 
 
 def encode(obj: Batch | Ack | Reading) -> bytes:

@@ -26,6 +26,7 @@ from contracts.wire import (
     NULL_VALUE_QUALITIES,
     Ack,
     Batch,
+    Bounds,
     ContractError,
     Quality,
     Reading,
@@ -38,14 +39,16 @@ from contracts.wire import (
 GOLDEN = golden_payloads()
 
 
-def judge(case: GoldenPayload) -> str:
-    """What the contract alone says about a golden payload: 'ok' or the reason."""
+def judge(case: GoldenPayload) -> tuple[str, tuple[int, ...]]:
+    """What the contract alone says: ('ok' or the reason, positions of refused readings)."""
     try:
         topic = parse_topic(case.topic)
-        decode_batch(case.payload, topic_gateway_id=topic.gateway_id, now=golden_now())
+        decoded = decode_batch(case.payload, topic_gateway_id=topic.gateway_id, now=golden_now())
     except ContractError as exc:
-        return str(exc.reason)
-    return "ok"
+        return str(exc.reason), ()
+    reasons = {str(r.reason) for r in decoded.rejected}
+    assert len(reasons) <= 1, reasons
+    return (reasons.pop() if reasons else "ok"), tuple(r.index for r in decoded.rejected)
 
 
 def test_channel_vocabulary_is_closed_and_consistent() -> None:
@@ -61,13 +64,27 @@ def test_every_contract_reason_has_a_golden_payload() -> None:
 
 @pytest.mark.parametrize("case", GOLDEN, ids=lambda c: c.name)
 def test_golden_payload(case: GoldenPayload) -> None:
-    verdict = judge(case)
-    if case.stage == "contract":
-        assert verdict == case.expect, case.note
-    else:
+    verdict, refused = judge(case)
+    if case.stage == "ingest":
         # Ingest-stage reasons need the registry: the contract itself accepts the payload.
-        assert verdict == "ok"
+        assert (verdict, refused) == ("ok", ())
         assert case.expect in {Reason.UNKNOWN_METER, Reason.METER_NOT_ON_GATEWAY}
+    elif case.scope == "batch":
+        assert (verdict, refused) == (case.expect, ()), case.note
+    else:
+        assert (verdict, refused) == (case.expect, case.rejected), case.note
+
+
+def test_a_bad_reading_does_not_poison_its_batch() -> None:
+    for case in GOLDEN:
+        if case.stage != "contract" or case.scope != "reading":
+            continue
+        decoded = decode_batch(case.payload, topic_gateway_id="gw-0001", now=golden_now())
+        total = len(decoded.batch.readings) + len(decoded.rejected)
+        assert total == 3, case.name  # the golden batches carry three readings
+        assert decoded.batch.readings, case.name
+        for rejected in decoded.rejected:
+            assert rejected.reading.startswith(b"{"), "the refused reading is kept for replay"
 
 
 def test_ingest_stage_cases_fit_the_registry() -> None:
@@ -76,13 +93,15 @@ def test_ingest_stage_cases_fit_the_registry() -> None:
     for case in GOLDEN:
         if case.stage != "ingest":
             continue
-        batch = decode_batch(case.payload, topic_gateway_id="gw-0001", now=golden_now())
-        meters = {r.meter_id for r in batch.readings}
+        batch = decode_batch(case.payload, topic_gateway_id="gw-0001", now=golden_now()).batch
+        meters = [r.meter_id for r in batch.readings]
+        refused = {meters[i] for i in case.rejected}
+        assert set(meters) - refused <= set(registry["gw-0001"])
         if case.expect == Reason.UNKNOWN_METER:
-            assert not meters & registered
+            assert not refused & registered
         else:
-            assert meters <= registered
-            assert not meters & set(registry["gw-0001"])
+            assert refused <= registered
+            assert not refused & set(registry["gw-0001"])
 
 
 def test_contract_errors_are_the_only_errors() -> None:
@@ -147,7 +166,8 @@ def batches(draw: st.DrawFn) -> Batch:
 @given(batches())
 def test_batch_round_trip(batch: Batch) -> None:
     decoded = decode_batch(encode(batch), topic_gateway_id=batch.gateway_id, now=NOW)
-    assert decoded == batch
+    assert decoded.rejected == ()
+    assert decoded.batch == batch
 
 
 @given(
@@ -175,7 +195,7 @@ def test_arbitrary_bytes_never_escape_as_other_errors(payload: bytes) -> None:
 
 def test_offsets_denote_the_same_instant() -> None:
     case = next(c for c in GOLDEN if c.name == "local_offset_and_raw")
-    batch = decode_batch(case.payload, topic_gateway_id="gw-0001", now=golden_now())
+    batch = decode_batch(case.payload, topic_gateway_id="gw-0001", now=golden_now()).batch
     assert batch.readings[0].ts == dt.datetime(2026, 3, 1, 11, 59, tzinfo=dt.UTC)
     assert batch.readings[0].raw == (1, 57920)
 
@@ -189,18 +209,28 @@ def test_default_fields_are_not_sent() -> None:
 def test_non_finite_values_never_pass_as_numbers() -> None:
     """msgspec writes inf/NaN as null, which the contract then refuses unless the quality
     says why the value is missing; an out-of-range literal is refused as non_finite."""
-    batch = Batch(1, "gw-1", uuid.UUID(int=1), "live", NOW, 1, 1,
-                  [Reading("m", "power_w", NOW, math.inf, "W", 1)])  # fmt: skip
+    good = Reading("m", "power_w", NOW, 1.0, "W", 1)
+    bad = Reading("m", "power_w", NOW, math.inf, "W", 2)
+    batch = Batch(1, "gw-1", uuid.UUID(int=1), "live", NOW, 1, 2, [good, bad])
     payload = encode(batch)
     assert b'"value":null' in payload
-    with pytest.raises(ContractError) as info:
-        decode_batch(payload, topic_gateway_id="gw-1", now=NOW)
-    assert info.value.reason == Reason.MISSING_VALUE
-    with pytest.raises(ContractError) as info:
-        decode_batch(
-            payload.replace(b'"value":null', b'"value":-1e999'), topic_gateway_id="gw-1", now=NOW
-        )
-    assert info.value.reason == Reason.NON_FINITE
+    decoded = decode_batch(payload, topic_gateway_id="gw-1", now=NOW)
+    assert decoded.batch.readings == [good]
+    assert [(r.index, r.reason) for r in decoded.rejected] == [(1, Reason.MISSING_VALUE)]
+    literal = payload.replace(b'"value":null', b'"value":-1e999')
+    decoded = decode_batch(literal, topic_gateway_id="gw-1", now=NOW)
+    assert decoded.batch.readings == [good]
+    assert [(r.index, r.reason) for r in decoded.rejected] == [(1, Reason.NON_FINITE)]
+    assert b"-1e999" in decoded.rejected[0].reading
+
+
+def test_bounds_are_configurable() -> None:
+    reading = Reading("m", "power_w", NOW + dt.timedelta(hours=2), 1.0, "W", 1)
+    payload = encode(Batch(1, "gw-1", uuid.UUID(int=1), "live", NOW, 1, 1, [reading]))
+    assert decode_batch(payload, topic_gateway_id="gw-1", now=NOW).rejected == ()
+    strict = Bounds(max_future=dt.timedelta(hours=1))
+    decoded = decode_batch(payload, topic_gateway_id="gw-1", now=NOW, bounds=strict)
+    assert [r.reason for r in decoded.rejected] == [Reason.TS_FUTURE]
 
 
 # ---------------------------------------------------------------- topics
