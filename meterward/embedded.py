@@ -15,6 +15,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import warnings
 from dataclasses import dataclass, field
@@ -38,6 +39,21 @@ def free_port(preferred: int, host: str = "127.0.0.1") -> int:
                 continue
             return int(sock.getsockname()[1])
     raise OSError(f"no free TCP port on {host}")
+
+
+def traversable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether a user may enter `path` and every directory above it (mode bits only)."""
+    for directory in (path, *path.parents):
+        st = directory.stat()
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
 
 
 @dataclass
@@ -114,12 +130,16 @@ class LocalBroker:
         state.mkdir(parents=True, exist_ok=True)
         user_line = ""
         if os.geteuid() == 0:
-            # As root, mosquitto drops to the `mosquitto` user (or refuses); give it the state dir.
+            # As root, mosquitto drops to the `mosquitto` user, which must then reach the state
+            # dir; under /root (mode 0700) it cannot, so it stays root there.
             try:
                 entry = pwd.getpwnam("mosquitto")
+            except KeyError:
+                entry = None
+            if entry is not None and traversable_by(state.parent, entry.pw_uid, entry.pw_gid):
                 os.chown(state, entry.pw_uid, entry.pw_gid)
                 user_line = "user mosquitto"
-            except KeyError:
+            else:
                 user_line = "user root"
         conf = state / "mosquitto.conf"
         conf.write_text(
