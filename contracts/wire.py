@@ -134,7 +134,7 @@ class Reason(StrEnum):
     TS_TOO_OLD = "ts_too_old"
     # Decided by ingest against the meter registry, not by the contract alone.
     UNKNOWN_METER = "unknown_meter"
-    METER_NOT_ON_GATEWAY = "meter_not_on_gateway"
+    METER_OTHER_PROJECT = "meter_other_project"
 
 
 class ContractError(ValueError):

@@ -68,7 +68,7 @@ def test_golden_payload(case: GoldenPayload) -> None:
     if case.stage == "ingest":
         # Ingest-stage reasons need the registry: the contract itself accepts the payload.
         assert (verdict, refused) == ("ok", ())
-        assert case.expect in {Reason.UNKNOWN_METER, Reason.METER_NOT_ON_GATEWAY}
+        assert case.expect in {Reason.UNKNOWN_METER, Reason.METER_OTHER_PROJECT}
     elif case.scope == "batch":
         assert (verdict, refused) == (case.expect, ()), case.note
     else:
@@ -89,19 +89,18 @@ def test_a_bad_reading_does_not_poison_its_batch() -> None:
 
 def test_ingest_stage_cases_fit_the_registry() -> None:
     registry = golden_registry()
-    registered = {m for meters in registry.values() for m in meters}
+    project = registry["gateways"]["gw-0001"]
     for case in GOLDEN:
         if case.stage != "ingest":
             continue
         batch = decode_batch(case.payload, topic_gateway_id="gw-0001", now=golden_now()).batch
         meters = [r.meter_id for r in batch.readings]
         refused = {meters[i] for i in case.rejected}
-        assert set(meters) - refused <= set(registry["gw-0001"])
+        assert all(registry["meters"].get(m) == project for m in set(meters) - refused)
         if case.expect == Reason.UNKNOWN_METER:
-            assert not refused & registered
+            assert not refused & set(registry["meters"])
         else:
-            assert refused <= registered
-            assert not refused & set(registry["gw-0001"])
+            assert all(registry["meters"][m] != project for m in refused)
 
 
 def test_contract_errors_are_the_only_errors() -> None:
