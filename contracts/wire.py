@@ -99,9 +99,10 @@ class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Ack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Ingest's answer, published only after the batch is durable (COMMIT) or dead-lettered.
 
-    Every reading of `boot_id` with `from_seq <= seq <= upto_seq` is settled: stored, already
-    stored (duplicates), or kept in the dead-letter table with `reason`. The gateway deletes
-    those outbox rows and nothing else.
+    Every reading of `boot_id` with `from_seq <= seq <= upto_seq` is settled: `accepted`
+    readings are durable in the store (newly, or already from an earlier delivery), `rejected`
+    ones are kept in the dead-letter table. `status` is `dead_letter` when the whole batch was
+    refused, with its `reason`. The gateway deletes those outbox rows and nothing else.
     """
 
     v: int
@@ -109,8 +110,8 @@ class Ack(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     from_seq: Seq
     upto_seq: Seq
     status: Literal["stored", "dead_letter"]
-    stored: int = 0
-    duplicates: int = 0
+    accepted: int = 0
+    rejected: int = 0
     reason: str | None = None
 
 
@@ -132,7 +133,8 @@ class Reason(StrEnum):
     SEQ_RANGE = "seq_range"
     TS_FUTURE = "ts_future"
     TS_TOO_OLD = "ts_too_old"
-    # Decided by ingest against the meter registry, not by the contract alone.
+    # Decided by ingest against the registry, not by the contract alone.
+    UNKNOWN_GATEWAY = "unknown_gateway"
     UNKNOWN_METER = "unknown_meter"
     METER_OTHER_PROJECT = "meter_other_project"
 

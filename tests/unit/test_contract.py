@@ -68,7 +68,11 @@ def test_golden_payload(case: GoldenPayload) -> None:
     if case.stage == "ingest":
         # Ingest-stage reasons need the registry: the contract itself accepts the payload.
         assert (verdict, refused) == ("ok", ())
-        assert case.expect in {Reason.UNKNOWN_METER, Reason.METER_OTHER_PROJECT}
+        assert case.expect in {
+            Reason.UNKNOWN_GATEWAY,
+            Reason.UNKNOWN_METER,
+            Reason.METER_OTHER_PROJECT,
+        }
     elif case.scope == "batch":
         assert (verdict, refused) == (case.expect, ()), case.note
     else:
@@ -92,6 +96,9 @@ def test_ingest_stage_cases_fit_the_registry() -> None:
     project = registry["gateways"]["gw-0001"]
     for case in GOLDEN:
         if case.stage != "ingest":
+            continue
+        if case.scope == "batch":
+            assert parse_topic(case.topic).gateway_id not in registry["gateways"]
             continue
         batch = decode_batch(case.payload, topic_gateway_id="gw-0001", now=golden_now()).batch
         meters = [r.meter_id for r in batch.readings]
@@ -177,8 +184,8 @@ def test_batch_round_trip(batch: Batch) -> None:
         from_seq=st.integers(0, 2**62),
         upto_seq=st.integers(0, 2**62),
         status=st.sampled_from(["stored", "dead_letter"]),
-        stored=st.integers(0, 20_000),
-        duplicates=st.integers(0, 20_000),
+        accepted=st.integers(0, 20_000),
+        rejected=st.integers(0, 20_000),
         reason=st.none() | st.sampled_from([str(r) for r in Reason]),
     )
 )
