@@ -1,0 +1,225 @@
+"""Write parsed messages to PostgreSQL in one transaction: readings, dead letters, accounting.
+
+The readings path is the one DESIGN.md prescribes: binary COPY into a session-local staging
+table, then one `INSERT ... SELECT ... ON CONFLICT` into `readings`, so a redelivered batch is a
+no-op and the duplicate count falls out of the row count. Gateway progress and sequence
+ranges are written in the same transaction, committed with synchronous commit, before anyone
+acks anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ingest.accounting import SeqRange, merge_ranges
+from ingest.parse import (
+    STAGING_COLUMNS,
+    DeadLetter,
+    GatewayEntry,
+    MeterEntry,
+    Parsed,
+    Registry,
+)
+
+STAGING_TYPES: Final = (
+    "int8",
+    "text",
+    "timestamptz",
+    "float8",
+    "text",
+    "text",
+    "int8",
+    "uuid",
+    "int8",
+)
+_COLUMNS: Final = ", ".join(STAGING_COLUMNS)
+
+# ON COMMIT DELETE ROWS: the table lives as long as the pooled session, its rows one
+# transaction; no CREATE/DROP per batch.
+_CREATE_STAGING: Final = """
+CREATE TEMP TABLE IF NOT EXISTS mw_staging (
+    meter_id bigint, channel text, ts timestamptz, value double precision, quality text,
+    source text, gateway_id bigint, boot_id uuid, seq bigint
+) ON COMMIT DELETE ROWS
+"""
+
+# DISTINCT ON keeps one row per key when a batch and its redelivery meet in one flush (DO UPDATE
+# may not touch a row twice), preferring a row from a trusted clock. The sort also hands the
+# unique index its keys in order. A stored clock_suspect value gives way to a trusted one;
+# nothing else is ever overwritten.
+_INSERT: Final = f"""
+INSERT INTO readings ({_COLUMNS})
+SELECT DISTINCT ON (meter_id, channel, ts)
+       meter_id, channel, ts, value, quality::reading_quality, source::reading_source,
+       gateway_id, boot_id, seq
+FROM mw_staging
+ORDER BY meter_id, channel, ts, (quality = 'clock_suspect')
+ON CONFLICT (meter_id, channel, ts) DO UPDATE
+    SET value = excluded.value, quality = excluded.quality, source = excluded.source,
+        gateway_id = excluded.gateway_id, boot_id = excluded.boot_id, seq = excluded.seq,
+        received_at = now()
+    WHERE readings.quality = 'clock_suspect' AND excluded.quality <> 'clock_suspect'
+"""  # noqa: S608 - constant text
+
+_INSERT_DEAD: Final = """
+INSERT INTO dead_letters
+    (topic, gateway_code, reason_code, detail, payload, scope, payload_sha256, boot_id, seq)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+_UPSERT_PROGRESS: Final = """
+INSERT INTO gateway_progress
+    (gateway_id, boot_id, upto_seq, readings, dead_lettered, last_skew_s, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, now())
+ON CONFLICT (gateway_id, boot_id) DO UPDATE
+    SET upto_seq = greatest(gateway_progress.upto_seq, excluded.upto_seq),
+        readings = gateway_progress.readings + excluded.readings,
+        dead_lettered = gateway_progress.dead_lettered + excluded.dead_lettered,
+        last_skew_s = coalesce(excluded.last_skew_s, gateway_progress.last_skew_s),
+        updated_at = now()
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    staged: int  # readings offered to the store
+    stored: int  # new rows (and suspect rows replaced by trusted ones)
+    dead_letters: int
+
+    @property
+    def duplicates(self) -> int:
+        """Readings already stored by an earlier delivery (or twice in this flush)."""
+        return self.staged - self.stored
+
+
+class DurabilityError(RuntimeError):
+    """The server would acknowledge commits it could lose."""
+
+
+def check_durability(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Refuse to run when an ack could outlive the data it acknowledges (R8)."""
+    settings = {
+        name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+        for name in ("fsync", "full_page_writes", "synchronous_commit")
+    }
+    wrong = {k: v for k, v in settings.items() if v == "off"}
+    if wrong:
+        raise DurabilityError(
+            "refusing to ingest: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(wrong.items()))
+            + " (acks would be sent for data a crash can lose)"
+        )
+
+
+def load_registry(conn: psycopg.Connection[tuple[object, ...]]) -> Registry:
+    """Active gateways and meters by their wire codes."""
+    gateways = {
+        str(code): GatewayEntry(int(str(gid)), int(str(pid)))
+        for code, gid, pid in conn.execute("SELECT code, id, project_id FROM gateways")
+    }
+    meters = {
+        str(code): MeterEntry(int(str(mid)), int(str(pid)))
+        for code, mid, pid in conn.execute(
+            "SELECT code, id, project_id FROM meters WHERE retired_at IS NULL"
+        )
+    }
+    return Registry(gateways=gateways, meters=meters)
+
+
+class Sink:
+    """Writes flushes of parsed messages; one transaction per flush."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+
+    def write(self, messages: Sequence[Parsed]) -> WriteResult:
+        staged = sum(len(m.rows) for m in messages)
+        dead = [d for m in messages for d in m.dead]
+        with self._pool.connection() as conn, conn.transaction():
+            # Per transaction, whatever the role's default: the ack that follows the commit
+            # must not outrun the WAL flush.
+            conn.execute("SET LOCAL synchronous_commit = on")
+            stored = self._write_readings(conn, messages) if staged else 0
+            if dead:
+                self._write_dead(conn, dead)
+            self._write_progress(conn, messages)
+        return WriteResult(staged=staged, stored=stored, dead_letters=len(dead))
+
+    @staticmethod
+    def _write_readings(
+        conn: psycopg.Connection[tuple[object, ...]], messages: Sequence[Parsed]
+    ) -> int:
+        conn.execute(_CREATE_STAGING)
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY mw_staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(STAGING_TYPES)
+                for message in messages:
+                    for row in message.rows:
+                        copy.write_row(row)
+            cur.execute(_INSERT)
+            return max(cur.rowcount, 0)
+
+    @staticmethod
+    def _write_dead(conn: psycopg.Connection[tuple[object, ...]], dead: list[DeadLetter]) -> None:
+        with conn.cursor() as cur:
+            cur.executemany(
+                _INSERT_DEAD,
+                [
+                    (d.topic, d.gateway_code, str(d.reason), d.detail, d.payload, d.scope,
+                     d.sha256, d.boot_id, d.seq)
+                    for d in dead
+                ],
+            )  # fmt: skip
+
+    @staticmethod
+    def _write_progress(
+        conn: psycopg.Connection[tuple[object, ...]], messages: Sequence[Parsed]
+    ) -> None:
+        progress: dict[tuple[int, uuid.UUID], list[int | float | None]] = {}
+        ranges: dict[tuple[int, uuid.UUID], list[SeqRange]] = defaultdict(list)
+        for m in messages:
+            if m.gateway_id is None or m.ack is None or m.ack.status != "stored":
+                continue
+            key = (m.gateway_id, m.ack.boot_id)
+            skew = m.skew.total_seconds() if isinstance(m.skew, dt.timedelta) else None
+            upto, count, dead, _ = progress.get(key, [0, 0, 0, None])
+            progress[key] = [
+                max(int(upto or 0), m.ack.upto_seq),
+                int(count or 0) + m.ack.accepted,
+                int(dead or 0) + m.ack.rejected,
+                skew,
+            ]
+            ranges[key].append((m.ack.from_seq, m.ack.upto_seq))
+        if not progress:
+            return
+        with conn.cursor() as cur:
+            cur.executemany(
+                _UPSERT_PROGRESS, [(g, b, *values) for (g, b), values in progress.items()]
+            )
+            for (gateway, boot), new in ranges.items():
+                cur.execute(
+                    "SELECT seq_lo, seq_hi FROM gateway_seq_ranges"
+                    " WHERE gateway_id = %s AND boot_id = %s FOR UPDATE",
+                    (gateway, boot),
+                )
+                existing = [(int(str(lo)), int(str(hi))) for lo, hi in cur.fetchall()]
+                merged = merge_ranges(existing, new)
+                if merged == existing:
+                    continue
+                cur.execute(
+                    "DELETE FROM gateway_seq_ranges WHERE gateway_id = %s AND boot_id = %s",
+                    (gateway, boot),
+                )
+                cur.executemany(
+                    "INSERT INTO gateway_seq_ranges (gateway_id, boot_id, seq_lo, seq_hi)"
+                    " VALUES (%s, %s, %s, %s)",
+                    [(gateway, boot, lo, hi) for lo, hi in merged],
+                )

@@ -1,0 +1,36 @@
+"""Seed a migrated test database with the registry the golden payloads expect."""
+
+from __future__ import annotations
+
+import psycopg
+
+from contracts.fixtures import golden_registry
+
+
+def seed_golden_registry(url: str) -> None:
+    """Projects P001/P002, their gateways and meters, exactly as contracts/fixtures says."""
+    doc = golden_registry()
+    with psycopg.connect(url, autocommit=True) as conn:
+        org = conn.execute(
+            "INSERT INTO organisations (code, name) VALUES ('hq', 'HQ') RETURNING id"
+        ).fetchone()
+        assert org is not None
+        projects: dict[str, int] = {}
+        for code in sorted({*doc["gateways"].values(), *doc["meters"].values()}):
+            row = conn.execute(
+                "INSERT INTO projects (organisation_id, code, name) VALUES (%s, %s, %s)"
+                " RETURNING id",
+                (org[0], code, f"Project {code}"),
+            ).fetchone()
+            assert row is not None
+            projects[code] = int(row[0])
+        for gateway, project in doc["gateways"].items():
+            conn.execute(
+                "INSERT INTO gateways (project_id, code, name) VALUES (%s, %s, %s)",
+                (projects[project], gateway, gateway),
+            )
+        for meter, project in doc["meters"].items():
+            conn.execute(
+                "INSERT INTO meters (project_id, code, kind, profile) VALUES (%s, %s, %s, %s)",
+                (projects[project], meter, "water" if "-W-" in meter else "electricity", "test"),
+            )
