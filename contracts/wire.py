@@ -191,6 +191,7 @@ class Bounds:
     earliest: dt.datetime = EARLIEST_TS
 
 
+DEFAULT_BOUNDS: Final = Bounds()
 _batch_decoder: Final = msgspec.json.Decoder(Batch)
 _lenient_decoder: Final = msgspec.json.Decoder(_LenientBatch)
 _reading_decoder: Final = msgspec.json.Decoder(Reading)
@@ -200,7 +201,7 @@ _ack_decoder: Final = msgspec.json.Decoder(Ack)
 
 
 def decode_batch(
-    payload: bytes, *, topic_gateway_id: str, now: dt.datetime, bounds: Bounds = Bounds()
+    payload: bytes, *, topic_gateway_id: str, now: dt.datetime, bounds: Bounds = DEFAULT_BOUNDS
 ) -> Decoded:
     """Decode and validate a batch published under `topic_gateway_id`.
 
