@@ -79,6 +79,30 @@ class DemoSettings(BaseModel):
     api_port: int = Field(default=8420, ge=0, le=65535)
 
 
+class IngestSettings(BaseModel):
+    """`meterward ingest run`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    client_id: str = Field(
+        default="meterward-ingest-1",
+        min_length=1,
+        description="stable per worker: the broker keeps this worker's session under it",
+    )
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    mqtt5: bool = Field(default=True, description="false for MQTT 3.1.1-only brokers")
+    shared_subscription: bool = Field(
+        default=True, description="$share/ingest/...: workers split the load (MQTT 5)"
+    )
+    max_messages: int = Field(default=200, ge=1)
+    max_age_ms: int = Field(default=50, ge=1)
+    skew_limit_s: float = Field(default=600.0, gt=0)
+    max_future_s: float = Field(default=86400.0, gt=0)
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus metrics on 127.0.0.1:PORT"
+    )
+
+
 class Settings(BaseSettings):
     """Everything a meterward process reads from its environment."""
 
@@ -105,6 +129,7 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=1, ge=0)
     db_pool_max: int = Field(default=8, ge=1)
     demo: DemoSettings = DemoSettings()
+    ingest: IngestSettings = IngestSettings()
 
     @field_validator("database_url")
     @classmethod
