@@ -103,6 +103,8 @@ class IngestWorker:
         self.sink = Sink(pool)
         self._stop = threading.Event()
         self.end_session_on_stop = False  # tests: leave no persistent session behind
+        # Fault tests kill the process at named points ("before_commit", "after_commit").
+        self.fault_hook: Callable[[str], None] | None = None
         self._registry: Registry | None = None
         self._registry_loaded_at = 0.0
         self.flushes = 0
@@ -159,6 +161,7 @@ class IngestWorker:
         if result is None:
             return  # stopped while the database was away: nothing acked, the broker redelivers
         committed = time.monotonic()
+        self._fault("after_commit")
         for message in batch:
             self.consumer.ack(message)
         for p in parsed:
@@ -204,7 +207,13 @@ class IngestWorker:
             return load_registry(conn)
 
     def _write_until_done(self, parsed: list[Parsed]) -> WriteResult | None:
-        return self._retry(lambda: self.sink.write(parsed))
+        return self._retry(
+            lambda: self.sink.write(parsed, before_commit=lambda: self._fault("before_commit"))
+        )
+
+    def _fault(self, point: str) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(point)
 
     def _retry(self, action: Callable[[], T]) -> T | None:
         """Run `action` until it succeeds; back off while the database is unavailable.

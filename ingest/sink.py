@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -140,7 +140,10 @@ class Sink:
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
 
-    def write(self, messages: Sequence[Parsed]) -> WriteResult:
+    def write(
+        self, messages: Sequence[Parsed], *, before_commit: Callable[[], None] | None = None
+    ) -> WriteResult:
+        """One transaction; `before_commit` runs inside it, last (a fault-injection point)."""
         staged = sum(len(m.rows) for m in messages)
         dead = [d for m in messages for d in m.dead]
         with self._pool.connection() as conn, conn.transaction():
@@ -151,6 +154,8 @@ class Sink:
             if dead:
                 self._write_dead(conn, dead)
             self._write_progress(conn, messages)
+            if before_commit is not None:
+                before_commit()
         return WriteResult(staged=staged, stored=stored, dead_letters=len(dead))
 
     @staticmethod

@@ -34,3 +34,29 @@ def seed_golden_registry(url: str) -> None:
                 "INSERT INTO meters (project_id, code, kind, profile) VALUES (%s, %s, %s, %s)",
                 (projects[project], meter, "water" if "-W-" in meter else "electricity", "test"),
             )
+
+
+def seed_fleet(url: str, gateway: str, meters: list[str], project: str = "PF") -> None:
+    """One project with one gateway and the given meters."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        org = conn.execute(
+            "INSERT INTO organisations (code, name) VALUES (%s, %s)"
+            " ON CONFLICT (code) DO UPDATE SET name = excluded.name RETURNING id",
+            ("hq", "HQ"),
+        ).fetchone()
+        assert org is not None
+        row = conn.execute(
+            "INSERT INTO projects (organisation_id, code, name) VALUES (%s, %s, %s) RETURNING id",
+            (org[0], project, project),
+        ).fetchone()
+        assert row is not None
+        conn.execute(
+            "INSERT INTO gateways (project_id, code, name) VALUES (%s, %s, %s)",
+            (row[0], gateway, gateway),
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO meters (project_id, code, kind, profile)"
+                " VALUES (%s, %s, 'electricity', 'test')",
+                [(row[0], m) for m in meters],
+            )

@@ -1,0 +1,213 @@
+"""Ingest through faults (targets R4-R7 of reliability-targets.md): broker killed or restarted,
+ingest killed around its commit, database away. Each test ends with a ledger check: every
+reading the gateway sent is stored, once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+import psycopg
+import pytest
+
+from ingest.consumer import Consumer
+from ingest.service import IngestWorker
+from store.migrations import migrate
+from store.pool import open_pool
+from tests.conftest import DatabaseFactory
+from tests.support.broker import PrivateBroker
+from tests.support.gateway import GatewayDouble
+from tests.support.proxy import TcpProxy
+from tests.support.seed import seed_fleet
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+GATEWAY = "gw-fault"
+METERS = [f"PF-E-{i:04d}" for i in range(10)]
+T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
+
+
+@pytest.fixture
+def store_url(make_database: DatabaseFactory) -> str:
+    url = make_database()
+    migrate(url, "require")
+    seed_fleet(url, GATEWAY, METERS)
+    return url
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    with PrivateBroker(tmp_path / "broker") as b:
+        yield b
+
+
+def stored_keys(url: str) -> set[tuple[str, str, dt.datetime]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT m.code, r.channel, r.ts FROM readings r JOIN meters m ON m.id = r.meter_id"
+        ).fetchall()
+    return {(str(a), str(b), c) for a, b, c in rows}
+
+
+def assert_ledger(url: str, gateway: GatewayDouble) -> None:
+    sent = {(r.meter_id, r.channel, r.ts) for r in gateway.sent}
+    stored = stored_keys(url)
+    assert stored == sent, f"lost {len(sent - stored)}, unexpected {len(stored - sent)}"
+    with psycopg.connect(url) as conn:
+        total = conn.execute("SELECT count(*) FROM readings").fetchone()
+    assert total == (len(sent),)  # 0 duplicate rows
+
+
+class ThreadWorker:
+    def __init__(self, db_url: str, mqtt_url: str) -> None:
+        self.pool = open_pool(db_url, min_size=1, max_size=2, name="mw-fault")
+        self.consumer = Consumer(mqtt_url, client_id=f"ingest-{uuid.uuid4().hex[:8]}")
+        self.worker = IngestWorker(self.pool, self.consumer)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True)
+        self.thread.start()
+        assert self.consumer.connected.wait(15)
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.thread.join(30)
+        self.pool.close()
+
+
+def send_stream(gateway: GatewayDouble, start: int, count: int) -> None:
+    for i in range(start, start + count):
+        gateway.send(T0 + dt.timedelta(seconds=i), float(i))
+        time.sleep(0.005)
+
+
+def test_r4_broker_killed_mid_stream(store_url: str, broker: PrivateBroker) -> None:
+    worker = ThreadWorker(store_url, broker.url)
+    gateway = GatewayDouble(broker.url, GATEWAY, METERS)
+    try:
+        send_stream(gateway, 0, 100)
+        broker.kill()  # kill -9: whatever the broker held in memory is gone
+        send_stream(gateway, 100, 50)  # the gateway keeps producing while it is down
+        broker.start()
+        send_stream(gateway, 150, 100)
+        gateway.drain()
+        assert_ledger(store_url, gateway)
+        assert worker.thread.is_alive()  # the consumer never restarted
+        assert worker.consumer.generation >= 2  # it reconnected on its own
+    finally:
+        gateway.close()
+        worker.close()
+
+
+def test_r5_broker_graceful_restart_keeps_the_session(
+    store_url: str, broker: PrivateBroker
+) -> None:
+    worker = ThreadWorker(store_url, broker.url)
+    gateway = GatewayDouble(broker.url, GATEWAY, METERS)
+    try:
+        send_stream(gateway, 0, 100)
+        broker.terminate()
+        broker.start()
+        deadline = time.monotonic() + 30
+        while worker.consumer.generation < 2:
+            assert time.monotonic() < deadline, "ingest did not reconnect"
+            time.sleep(0.05)
+        assert worker.consumer.session_present is True  # the broker kept our session
+        send_stream(gateway, 100, 100)
+        gateway.drain()
+        assert_ledger(store_url, gateway)
+    finally:
+        gateway.close()
+        worker.close()
+
+
+def spawn_ingest(db_url: str, mqtt_url: str, client_id: str, *fault: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.ingest_proc", db_url, mqtt_url, client_id, *fault],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+@pytest.mark.parametrize("point", ["before_commit", "after_commit"])
+def test_r6_ingest_killed_around_its_commit(
+    store_url: str, broker: PrivateBroker, point: str
+) -> None:
+    client_id = f"ingest-r6-{uuid.uuid4().hex[:8]}"
+    # Dies (SIGKILL) the 3rd time it reaches the point: once between COPY and COMMIT, or once
+    # between COMMIT and the PUBACKs.
+    first = spawn_ingest(store_url, broker.url, client_id, point, "3")
+    gateway = GatewayDouble(broker.url, GATEWAY, METERS)
+    try:
+        # Keep producing until the worker has died at its fault point.
+        sent = 0
+        deadline = time.monotonic() + 60
+        while first.poll() is None:
+            assert time.monotonic() < deadline, "ingest never reached its fault point"
+            send_stream(gateway, sent, 5)
+            sent += 5
+            time.sleep(0.05)
+        assert first.returncode == -9, first.stdout.read() if first.stdout else ""
+        send_stream(gateway, sent, 40)
+        # A new process under the same client id resumes the session: the broker redelivers
+        # what the dead one never acked.
+        second = spawn_ingest(store_url, broker.url, client_id)
+        try:
+            gateway.drain()
+            assert_ledger(store_url, gateway)
+        finally:
+            second.terminate()
+            second.wait(30)
+        assert second.returncode == 0
+    finally:
+        gateway.close()
+        if first.poll() is None:
+            first.kill()
+
+
+@pytest.mark.slow
+def test_r7_database_away_for_two_minutes(
+    store_url: str, broker: PrivateBroker, make_database: DatabaseFactory
+) -> None:
+    outage_s = float(os.environ.get("MW_TEST_DB_OUTAGE_S", "120"))
+    parts = urlsplit(store_url)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        proxied = parts._replace(netloc=f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}")
+        client_id = f"ingest-r7-{uuid.uuid4().hex[:8]}"
+        proc = spawn_ingest(proxied.geturl(), broker.url, client_id)
+        gateway = GatewayDouble(broker.url, GATEWAY, METERS, resend_after_s=10)
+        try:
+            send_stream(gateway, 0, 200)
+            time.sleep(2)
+            rss = psutil.Process(proc.pid)
+            baseline = rss.memory_info().rss
+            proxy.stop()
+            start = time.monotonic()
+            peak = baseline
+            i = 200
+            while time.monotonic() - start < outage_s:
+                send_stream(gateway, i, 20)  # 200 readings/s keep arriving at the broker
+                i += 20
+                peak = max(peak, rss.memory_info().rss)
+                assert proc.poll() is None, "ingest exited during the outage"
+            proxy.start()
+            recovered = time.monotonic()
+            gateway.drain(timeout=120)
+            resumed_in = time.monotonic() - recovered
+            assert_ledger(store_url, gateway)
+            assert peak <= 1.5 * baseline, f"RSS grew from {baseline} to {peak} bytes"
+            assert resumed_in <= 30 + gateway.resend_after_s
+        finally:
+            gateway.close()
+            proc.terminate()
+            proc.wait(30)
