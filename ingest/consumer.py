@@ -5,6 +5,10 @@ paho's `manual_ack=True` holds the PUBACK until `ack(mid)`, and `receive_maximum
 then makes the broker stop sending once that many messages are unacknowledged, so a database
 outage turns into back-pressure at the broker instead of memory growth here.
 
+A worker's session outlives its process (that is what keeps messages through a restart). On a
+shared subscription the broker also queues a share of new messages for an offline member, so a
+worker removed for good must end its session (`end_session`), or its share waits for it.
+
 A message id is only meaningful on the connection that delivered it: after a reconnect the
 broker redelivers everything unacknowledged, so acks for the old connection are dropped (the
 redelivered copies are stored idempotently and acked then).
@@ -56,12 +60,14 @@ class Consumer:
         receive_maximum: int = 1000,
         mqtt5: bool = True,
         shared: bool = True,
+        share_group: str = "ingest",
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.mqtt5 = mqtt5
         self.shared = shared and mqtt5  # shared subscriptions are an MQTT 5 feature
+        self.share_group = share_group
         self.receive_maximum = receive_maximum
         self.messages: queue.Queue[Incoming] = queue.Queue()
         self.generation = 0
@@ -123,7 +129,7 @@ class Consumer:
 
     def _subscriptions(self) -> list[str]:
         if self.shared:
-            return [shared_subscription(t) for t in INGEST_SUBSCRIPTIONS]
+            return [shared_subscription(t, self.share_group) for t in INGEST_SUBSCRIPTIONS]
         return list(INGEST_SUBSCRIPTIONS)
 
     def _on_connect(

@@ -58,6 +58,7 @@ def run(ctx: typer.Context) -> None:
         receive_maximum=cfg.receive_maximum,
         mqtt5=cfg.mqtt5,
         shared=cfg.shared_subscription,
+        share_group=cfg.share_group,
     )
     config = IngestConfig(
         max_messages=cfg.max_messages,
@@ -66,6 +67,7 @@ def run(ctx: typer.Context) -> None:
         bounds=Bounds(max_future=dt.timedelta(seconds=cfg.max_future_s)),
     )
     worker = IngestWorker(pool, consumer, config=config)
+    worker.end_session_on_stop = cfg.end_session_on_exit
     if cfg.metrics_port is not None:
         start_http_server(cfg.metrics_port, addr="127.0.0.1", registry=worker.metrics.registry)
     for sig in (signal.SIGTERM, signal.SIGINT):

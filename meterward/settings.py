@@ -92,7 +92,13 @@ class IngestSettings(BaseModel):
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
     mqtt5: bool = Field(default=True, description="false for MQTT 3.1.1-only brokers")
     shared_subscription: bool = Field(
-        default=True, description="$share/ingest/...: workers split the load (MQTT 5)"
+        default=True, description="$share/<group>/...: workers split the load (MQTT 5)"
+    )
+    share_group: str = Field(default="ingest", pattern=r"^[A-Za-z0-9_-]+$")
+    end_session_on_exit: bool = Field(
+        default=False,
+        description="drop the broker session at exit: for a worker removed for good, whose"
+        " share of a shared subscription would otherwise queue up for it",
     )
     max_messages: int = Field(default=200, ge=1)
     max_age_ms: int = Field(default=50, ge=1)

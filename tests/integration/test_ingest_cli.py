@@ -44,6 +44,9 @@ def test_ingest_run_stores_then_stops_on_sigterm(
         "MW_DATABASE_URL": url,
         "MW_MQTT_URL": mqtt_url,
         "MW_INGEST__CLIENT_ID": f"ingest-cli-{uuid.uuid4().hex[:8]}",
+        # A private share group, and no session left behind on the shared test broker.
+        "MW_INGEST__SHARE_GROUP": f"t{uuid.uuid4().hex[:8]}",
+        "MW_INGEST__END_SESSION_ON_EXIT": "true",
         # The golden payloads are dated 2026-03-01: accept that as "recent" for this test.
         "MW_INGEST__SKEW_LIMIT_S": str(10 * 365 * 86400),
     }

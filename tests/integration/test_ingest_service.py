@@ -32,7 +32,11 @@ def worker(make_database: DatabaseFactory, mqtt_url: str) -> Iterator[tuple[str,
     migrate(url, "require")
     seed_golden_registry(url)
     pool = open_pool(url, min_size=1, max_size=2, name="mw-test-ingest")
-    consumer = Consumer(mqtt_url, client_id=f"ingest-test-{uuid.uuid4().hex[:8]}")
+    consumer = Consumer(
+        mqtt_url,
+        client_id=f"ingest-test-{uuid.uuid4().hex[:8]}",
+        share_group=f"t{uuid.uuid4().hex[:8]}",
+    )
     w = IngestWorker(pool, consumer, clock=golden_now)
     w.end_session_on_stop = True
     thread = threading.Thread(target=w.run, daemon=True)
