@@ -5,7 +5,7 @@
 #
 #   scripts/bootstrap.sh                  ensure everything (installs only what is missing)
 #   scripts/bootstrap.sh --check          report what is missing, change nothing (exit 1 if any)
-#   scripts/bootstrap.sh --only python    one step (python, postgres, timescaledb, mosquitto);
+#   scripts/bootstrap.sh --only python    one step (python, postgres, timescaledb, mosquitto, tools);
 #                                         may be repeated
 #
 # Each step prints what it did and how long it took; a warm run (everything present) changes
@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-[ ${#steps[@]} -gt 0 ] || steps=(python postgres timescaledb mosquitto)
+[ ${#steps[@]} -gt 0 ] || steps=(python postgres timescaledb mosquitto tools)
 
 mkdir -p "$MW_STATE_DIR"
 changed=()
@@ -112,7 +112,8 @@ find_cluster() {
 }
 
 pg_status() { pg_lsclusters --no-header 2>/dev/null | awk -v v="$PG_MAJOR" -v c="$PG_CLUSTER" '$1 == v && $2 == c { print $4 }'; }
-pg_sql() { runuser -u postgres -- psql -X -p "$PG_PORT" -Atqc "$1" postgres; }
+# From / : postgres may not be allowed into the caller's cwd (e.g. a checkout under /root).
+pg_sql() { (cd / && runuser -u postgres -- psql -X -p "$PG_PORT" -Atqc "$1" postgres); }
 
 step_postgres() {
   if ! command -v pg_lsclusters >/dev/null 2>&1 || ! find_cluster; then
@@ -170,9 +171,23 @@ mosquitto_bin() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# As root, the broker drops to the mosquitto user, which then writes its pid file, log and
+# persistence under $MQ_DIR. That works only if it may enter $MW_STATE_DIR (a checkout under
+# /root, mode 0700, is out of its reach); otherwise the broker stays root. An existing
+# root-owned $MQ_DIR keeps an earlier run's choice, so the config stays the same.
+mosquitto_user() {
+  if [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1 \
+     && runuser -u mosquitto -- test -x "$MW_STATE_DIR" 2>/dev/null \
+     && { [ ! -d "$MQ_DIR" ] || [ "$(stat -c %u "$MQ_DIR")" != 0 ]; }; then
+    printf mosquitto
+  else
+    printf root
+  fi
+}
+
+MQ_USER=''
 render_mosquitto_conf() {
-  local user=root
-  if [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1; then user=mosquitto; fi
+  local user=$MQ_USER
   sed -e "s|@PORT@|$TEST_MQTT_PORT|g" -e "s|@STATE@|$MQ_DIR|g" -e "s|@USER@|$user|g" \
     "$ROOT/ops/mosquitto/test.conf"
 }
@@ -184,6 +199,7 @@ step_mosquitto() {
     apt_install mosquitto
     bin=$(mosquitto_bin) || die "mosquitto not found after installing it"
   fi
+  MQ_USER=$(mosquitto_user)
   local pid=''
   [ -f "$MQ_DIR/mosquitto.pid" ] && pid=$(cat "$MQ_DIR/mosquitto.pid")
   local running=0
@@ -201,7 +217,7 @@ step_mosquitto() {
   fi
   mkdir -p "$MQ_DIR"
   render_mosquitto_conf > "$MQ_DIR/mosquitto.conf"
-  if [ "$(id -u)" -eq 0 ] && id mosquitto >/dev/null 2>&1; then chown mosquitto: "$MQ_DIR"; fi
+  if [ "$MQ_USER" = mosquitto ]; then chown mosquitto: "$MQ_DIR"; fi
   "$bin" -d -c "$MQ_DIR/mosquitto.conf" || die "mosquitto failed to start (see $MQ_DIR/mosquitto.log)"
   local i
   for i in $(seq 1 100); do port_open "$TEST_MQTT_PORT" && break; sleep 0.05; done
@@ -209,13 +225,30 @@ step_mosquitto() {
   did mosquitto "started test broker on 127.0.0.1:$TEST_MQTT_PORT"
 }
 
+# ---------------------------------------------------------------- tools
+# Command-line peers the tests use as independent clients (a Modbus master that is not ours).
+TOOLS=(mbpoll)
+
+step_tools() {
+  local tool missing_tools=()
+  for tool in "${TOOLS[@]}"; do
+    command -v "$tool" >/dev/null 2>&1 || missing_tools+=("$tool")
+  done
+  if [ ${#missing_tools[@]} -eq 0 ]; then
+    say "  tools: ${TOOLS[*]} present"
+    return
+  fi
+  if [ $mode = check ]; then lack "test tools: ${missing_tools[*]} (apt-get install ${missing_tools[*]})"; return; fi
+  apt_install "${missing_tools[@]}"
+}
+
 # ---------------------------------------------------------------- main
 total_start=$(now)
 say "bootstrap ($mode): ${steps[*]}"
 for step in "${steps[@]}"; do
   case "$step" in
-    python|postgres|timescaledb|mosquitto) ;;
-    *) die "unknown step '$step' (python, postgres, timescaledb, mosquitto)" ;;
+    python|postgres|timescaledb|mosquitto|tools) ;;
+    *) die "unknown step '$step' (python, postgres, timescaledb, mosquitto, tools)" ;;
   esac
   t0=$(now)
   "step_$step"

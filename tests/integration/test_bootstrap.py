@@ -39,7 +39,7 @@ def test_second_run_changes_nothing() -> None:
     assert second.returncode == 0, second.stdout + second.stderr
     assert "bootstrap: changed nothing" in second.stdout, second.stdout
     # Every step reports its state and its duration.
-    for step in ("python", "postgres", "timescaledb", "mosquitto"):
+    for step in ("python", "postgres", "timescaledb", "mosquitto", "tools"):
         assert f"[{step} " in second.stdout
     assert "timescaledb: 2." in second.stdout
     assert "loaded in" in second.stdout
