@@ -211,3 +211,29 @@ def test_r7_database_away_for_two_minutes(
             gateway.close()
             proc.terminate()
             proc.wait(30)
+
+
+def test_two_workers_one_killed_mid_stream(store_url: str, broker: PrivateBroker) -> None:
+    """Two workers split a shared subscription; one is killed -9 and restarted by its
+    supervisor under the same client id (its session holds its share meanwhile)."""
+    ids = [f"ingest-pair-{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
+    a = spawn_ingest(store_url, broker.url, ids[0])
+    b = spawn_ingest(store_url, broker.url, ids[1])
+    gateway = GatewayDouble(broker.url, GATEWAY, METERS)
+    restarted = None
+    try:
+        send_stream(gateway, 0, 150)
+        a.kill()
+        a.wait(10)
+        send_stream(gateway, 150, 100)
+        restarted = spawn_ingest(store_url, broker.url, ids[0])
+        send_stream(gateway, 250, 100)
+        gateway.drain()
+        assert_ledger(store_url, gateway)
+        assert b.poll() is None  # the other worker never stopped
+    finally:
+        gateway.close()
+        for proc in (b, restarted):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
