@@ -61,6 +61,7 @@ class Consumer:
         mqtt5: bool = True,
         shared: bool = True,
         share_group: str = "ingest",
+        extra_topics: tuple[str, ...] = (),
     ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
@@ -68,6 +69,7 @@ class Consumer:
         self.mqtt5 = mqtt5
         self.shared = shared and mqtt5  # shared subscriptions are an MQTT 5 feature
         self.share_group = share_group
+        self.extra_topics = extra_topics  # topic filters of self-publishing meters
         self.receive_maximum = receive_maximum
         self.messages: queue.Queue[Incoming] = queue.Queue()
         self.generation = 0
@@ -128,9 +130,10 @@ class Consumer:
         self._client.publish(ack_topic(gateway_code), encode(ack), qos=1)
 
     def _subscriptions(self) -> list[str]:
+        topics = [*INGEST_SUBSCRIPTIONS, *self.extra_topics]
         if self.shared:
-            return [shared_subscription(t, self.share_group) for t in INGEST_SUBSCRIPTIONS]
-        return list(INGEST_SUBSCRIPTIONS)
+            return [shared_subscription(t, self.share_group) for t in topics]
+        return topics
 
     def _on_connect(
         self,

@@ -29,11 +29,13 @@ from contracts.wire import (
     Rejected,
     decode_batch,
 )
+from ingest.mappings import MeterMapping, map_message
 
 DEFAULT_SKEW_LIMIT: Final = dt.timedelta(minutes=10)
 
-# A reading as COPY writes it into the staging table, in `STAGING_COLUMNS` order.
-Row = tuple[int, str, dt.datetime, float | None, str, str, int, uuid.UUID, int]
+# A reading as COPY writes it into the staging table, in `STAGING_COLUMNS` order. Readings
+# from self-publishing meters (ingest.mappings) have no gateway, boot or seq.
+Row = tuple[int, str, dt.datetime, float | None, str, str, int | None, uuid.UUID | None, int | None]
 STAGING_COLUMNS: Final = (
     "meter_id", "channel", "ts", "value", "quality", "source", "gateway_id", "boot_id", "seq",
 )  # fmt: skip
@@ -254,3 +256,42 @@ def _registry_dead(topic: str, batch: Batch, reading: Reading, reason: Reason) -
         boot_id=batch.boot_id,
         seq=reading.seq,
     )
+
+
+def parse_mapped(
+    mapping: MeterMapping,
+    topic: str,
+    payload: bytes,
+    *,
+    registry: Registry,
+    now: dt.datetime,
+    bounds: Bounds = DEFAULT_BOUNDS,
+) -> Parsed:
+    """A message of a self-publishing meter (see ingest.mappings): rows and dead letters, no
+    ack (such meters do not take one)."""
+    mapped = map_message(mapping, topic, payload)
+    dead = [
+        DeadLetter(topic, None, reason, f"{mapping.name}: {detail}", payload, scope="batch")
+        for reason, detail in mapped.refused
+    ]
+    rows: list[Row] = []
+    latest, earliest = now + bounds.max_future, bounds.earliest
+    for reading in mapped.readings:
+        meter = registry.meters.get(reading.meter_id)
+        if meter is None:
+            dead.append(
+                DeadLetter(topic, None, Reason.UNKNOWN_METER, f"{mapping.name}: meter"
+                           f" {reading.meter_id!r}", payload, scope="reading")
+            )  # fmt: skip
+            continue
+        if not earliest <= reading.ts <= latest:
+            reason = Reason.TS_FUTURE if reading.ts > latest else Reason.TS_TOO_OLD
+            dead.append(
+                DeadLetter(topic, None, reason, f"{mapping.name}: ts {reading.ts.isoformat()}",
+                           payload, scope="reading")
+            )  # fmt: skip
+            continue
+        rows.append(
+            (meter.id, reading.channel, reading.ts, reading.value, "good", "live", None, None, None)
+        )
+    return Parsed(topic, None, rows=rows, dead=dead)

@@ -23,7 +23,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from contracts.wire import DEFAULT_BOUNDS, Bounds, Reason
 from ingest.consumer import Consumer, Incoming
-from ingest.parse import DEFAULT_SKEW_LIMIT, Parsed, Registry, parse
+from ingest.mappings import MeterMapping, topic_matches
+from ingest.parse import DEFAULT_SKEW_LIMIT, Parsed, Registry, parse, parse_mapped
 from ingest.sink import Sink, WriteResult, check_durability, load_registry
 
 log = structlog.get_logger("meterward.ingest")
@@ -43,6 +44,7 @@ class IngestConfig:
     retry_max_s: float = 5.0  # back-off ceiling while the database is away
     bounds: Bounds = DEFAULT_BOUNDS
     skew_limit: dt.timedelta = DEFAULT_SKEW_LIMIT
+    mappings: tuple[MeterMapping, ...] = ()  # self-publishing meters (ingest.mappings)
 
 
 @dataclass
@@ -173,22 +175,26 @@ class IngestWorker:
     def _parse(self, batch: list[Incoming]) -> list[Parsed]:
         now = self.clock()
         registry = self._current_registry()
-        cfg = self.config
-        parsed = [
-            parse(m.topic, m.payload, registry=registry, now=now, bounds=cfg.bounds,
-                  skew_limit=cfg.skew_limit)
-            for m in batch
-        ]  # fmt: skip
+        parsed = [self._parse_one(m, registry, now) for m in batch]
         # A code we do not know may just be new: look again (rate-limited) before refusing.
         if any(d.reason in REGISTRY_MISS_REASONS for p in parsed for d in p.dead):
             fresh = self._current_registry(miss=True)
             if fresh is not registry:
-                parsed = [
-                    parse(m.topic, m.payload, registry=fresh, now=now, bounds=cfg.bounds,
-                          skew_limit=cfg.skew_limit)
-                    for m in batch
-                ]  # fmt: skip
+                parsed = [self._parse_one(m, fresh, now) for m in batch]
         return parsed
+
+    def _parse_one(self, message: Incoming, registry: Registry, now: dt.datetime) -> Parsed:
+        cfg = self.config
+        for mapping in cfg.mappings:
+            if topic_matches(mapping.topic, message.topic):
+                return parse_mapped(
+                    mapping, message.topic, message.payload, registry=registry, now=now,
+                    bounds=cfg.bounds,
+                )  # fmt: skip
+        return parse(
+            message.topic, message.payload, registry=registry, now=now, bounds=cfg.bounds,
+            skew_limit=cfg.skew_limit,
+        )  # fmt: skip
 
     def _current_registry(self, *, miss: bool = False) -> Registry:
         age = time.monotonic() - self._registry_loaded_at

@@ -44,11 +44,18 @@ def run(ctx: typer.Context) -> None:
 
     from contracts.wire import Bounds  # noqa: PLC0415
     from ingest.consumer import Consumer  # noqa: PLC0415
+    from ingest.mappings import MeterMapping  # noqa: PLC0415
     from ingest.service import IngestConfig, IngestWorker  # noqa: PLC0415
     from store.pool import open_pool  # noqa: PLC0415
 
     settings = _settings(ctx)
     cfg = settings.ingest
+    try:
+        mappings = tuple(MeterMapping(**m.model_dump()) for m in cfg.mappings)
+    except ValueError as exc:
+        from meterward.cli import CliError  # noqa: PLC0415
+
+        raise CliError(f"ingest.mappings: {exc}") from None
     db_url = _need(settings.database_url, "MW_DATABASE_URL")
     mqtt_url = _need(settings.mqtt_url, "MW_MQTT_URL")
     pool = open_pool(db_url, min_size=1, max_size=2, name=cfg.client_id)
@@ -59,12 +66,14 @@ def run(ctx: typer.Context) -> None:
         mqtt5=cfg.mqtt5,
         shared=cfg.shared_subscription,
         share_group=cfg.share_group,
+        extra_topics=tuple(m.topic for m in mappings),
     )
     config = IngestConfig(
         max_messages=cfg.max_messages,
         max_age_s=cfg.max_age_ms / 1000,
         skew_limit=dt.timedelta(seconds=cfg.skew_limit_s),
         bounds=Bounds(max_future=dt.timedelta(seconds=cfg.max_future_s)),
+        mappings=mappings,
     )
     worker = IngestWorker(pool, consumer, config=config)
     worker.end_session_on_stop = cfg.end_session_on_exit

@@ -79,6 +79,21 @@ class DemoSettings(BaseModel):
     api_port: int = Field(default=8420, ge=0, le=65535)
 
 
+class MappingSettings(BaseModel):
+    """A family of meters publishing their own JSON (see ingest/mappings.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    topic: str = Field(description="MQTT filter, e.g. tele/+/SENSOR")
+    format: Literal["tasmota", "json"]
+    device_level: int = Field(ge=0, description="the topic level that names the device")
+    devices: dict[str, str] = Field(description="device name -> meter code")
+    ts_path: str = "Time"
+    channels: dict[str, str] = Field(default_factory=dict, description="channel -> JSON path")
+    time_zone: str = "UTC"
+
+
 class IngestSettings(BaseModel):
     """`meterward ingest run`."""
 
@@ -107,6 +122,7 @@ class IngestSettings(BaseModel):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve Prometheus metrics on 127.0.0.1:PORT"
     )
+    mappings: list[MappingSettings] = Field(default_factory=list)
 
 
 class Settings(BaseSettings):

@@ -111,3 +111,86 @@ def test_the_same_batch_ten_times_is_stored_once(
     finally:
         pub.disconnect()
         pub.loop_stop()
+
+
+def test_self_publishing_meters_are_stored(make_database: DatabaseFactory, mqtt_url: str) -> None:
+    """A simulated Tasmota plug publishes its own JSON; a mapping turns it into readings."""
+    import asyncio  # noqa: PLC0415
+    import datetime as dt  # noqa: PLC0415
+    from collections.abc import Mapping  # noqa: PLC0415
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    import aiomqtt  # noqa: PLC0415
+
+    from ingest.mappings import MeterMapping  # noqa: PLC0415
+    from ingest.service import IngestConfig  # noqa: PLC0415
+    from simulators.mqtt_meters import MqttMeter, publish_forever, reported  # noqa: PLC0415
+    from tests.support.seed import seed_fleet  # noqa: PLC0415
+
+    run = uuid.uuid4().hex[:8]
+    url = make_database()
+    migrate(url, "require")
+    seed_fleet(url, "gw-plugs", ["P001-PLUG-01"])
+    plug = MqttMeter("P001-PLUG-01", f"plug-{run}", "tasmota", "Asia/Shanghai", period_s=60)
+    mapping = MeterMapping(
+        name="plugs", topic=f"tele/plug-{run}/SENSOR", format="tasmota", device_level=1,
+        devices={f"plug-{run}": "P001-PLUG-01"}, time_zone="Asia/Shanghai",
+    )  # fmt: skip
+    pool = open_pool(url, min_size=1, max_size=2, name="mw-test-mapped")
+    consumer = Consumer(
+        mqtt_url, client_id=f"ingest-m-{run}", share_group=f"t{run}", extra_topics=(mapping.topic,)
+    )
+    worker = IngestWorker(pool, consumer, config=IngestConfig(mappings=(mapping,)))
+    worker.end_session_on_stop = True
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert consumer.connected.wait(10)
+    time.sleep(0.3)
+
+    start = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) - dt.timedelta(hours=2)
+    ticks = 0
+    stop = asyncio.Event()
+
+    class Source:
+        def values(self, meter_id: str, t: dt.datetime) -> Mapping[str, float]:
+            minutes = (t - start).total_seconds() / 60
+            return {
+                "energy_import_kwh": 10 + minutes * 0.02, "power_w": 1200.0,
+                "apparent_power_va": 1250.0, "reactive_power_var": 350.0, "power_factor": 0.96,
+                "voltage_l1_v": 229.6, "current_l1_a": 5.4567,
+            }  # fmt: skip
+
+    async def tick(_: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks == 30:
+            stop.set()
+        await asyncio.sleep(0)
+
+    async def publish() -> int:
+        parts = urlsplit(mqtt_url)
+        async with aiomqtt.Client(parts.hostname or "127.0.0.1", parts.port or 1883) as pub:
+            return await publish_forever(
+                pub, [plug], Source(), lambda: start + dt.timedelta(minutes=ticks),
+                sleep=tick, stop=stop,
+            )  # fmt: skip
+
+    try:
+        sent = asyncio.run(publish())
+        assert sent == 30
+        wait_until(lambda: rows(url, "SELECT count(*) FROM readings")[0][0] == 30 * 7)
+        stored = rows(
+            url,
+            "SELECT value FROM readings WHERE channel = 'energy_import_kwh' ORDER BY ts",
+        )
+        want = [
+            reported(plug, Source().values("", start + dt.timedelta(minutes=i)))[
+                "energy_import_kwh"
+            ]
+            for i in range(30)
+        ]
+        assert [r[0] for r in stored] == want
+    finally:
+        worker.stop()
+        thread.join(30)
+        pool.close()
