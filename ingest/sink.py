@@ -51,23 +51,28 @@ CREATE TEMP TABLE IF NOT EXISTS mw_staging (
 ) ON COMMIT DELETE ROWS
 """
 
-# DISTINCT ON keeps one row per key when a batch and its redelivery meet in one flush (DO UPDATE
-# may not touch a row twice), preferring a row from a trusted clock. The sort also hands the
-# unique index its keys in order. A stored clock_suspect value gives way to a trusted one;
-# nothing else is ever overwritten.
-_INSERT: Final = f"""
-INSERT INTO readings ({_COLUMNS})
-SELECT DISTINCT ON (meter_id, channel, ts)
-       meter_id, channel, ts, value, quality::reading_quality, source::reading_source,
+# Inserts run optimistically without a conflict clause: on a TimescaleDB hypertable
+# `ON CONFLICT` costs ~45% of the insert rate (bench/ingest_sink.py), and conflicts only
+# happen when a batch is delivered again. A unique violation rolls back to a savepoint and
+# the flush is redone with `ON CONFLICT DO NOTHING`; the unique index is what guarantees
+# exactly-once either way.
+_SELECT_STAGED: Final = """
+SELECT meter_id, channel, ts, value, quality::reading_quality, source::reading_source,
        gateway_id, boot_id, seq
 FROM mw_staging
-ORDER BY meter_id, channel, ts, (quality = 'clock_suspect')
-ON CONFLICT (meter_id, channel, ts) DO UPDATE
-    SET value = excluded.value, quality = excluded.quality, source = excluded.source,
-        gateway_id = excluded.gateway_id, boot_id = excluded.boot_id, seq = excluded.seq,
-        received_at = now()
-    WHERE readings.quality = 'clock_suspect' AND excluded.quality <> 'clock_suspect'
-"""  # noqa: S608 - constant text
+"""
+_INSERT: Final = f"INSERT INTO readings ({_COLUMNS}) {_SELECT_STAGED}"
+_INSERT_NEW_ONLY: Final = f"{_INSERT} ON CONFLICT (meter_id, channel, ts) DO NOTHING"
+# A stored clock_suspect value gives way to a trusted one for the same key; nothing else is
+# ever overwritten. Runs only after conflicts, so the join costs nothing in steady state.
+_REPLACE_SUSPECT: Final = """
+UPDATE readings r
+SET value = s.value, quality = s.quality::reading_quality, source = s.source::reading_source,
+    gateway_id = s.gateway_id, boot_id = s.boot_id, seq = s.seq, received_at = now()
+FROM mw_staging s
+WHERE r.meter_id = s.meter_id AND r.channel = s.channel AND r.ts = s.ts
+  AND r.quality = 'clock_suspect' AND s.quality <> 'clock_suspect'
+"""
 
 _INSERT_DEAD: Final = """
 INSERT INTO dead_letters
@@ -169,8 +174,16 @@ class Sink:
                 for message in messages:
                     for row in message.rows:
                         copy.write_row(row)
-            cur.execute(_INSERT)
-            return max(cur.rowcount, 0)
+            try:
+                with conn.transaction():  # a savepoint
+                    cur.execute(_INSERT)
+                    return max(cur.rowcount, 0)
+            except psycopg.errors.UniqueViolation:
+                pass  # some readings are stored already: a redelivery
+            cur.execute(_INSERT_NEW_ONLY)
+            inserted = max(cur.rowcount, 0)
+            cur.execute(_REPLACE_SUSPECT)
+            return inserted + max(cur.rowcount, 0)
 
     @staticmethod
     def _write_dead(conn: psycopg.Connection[tuple[object, ...]], dead: list[DeadLetter]) -> None:
