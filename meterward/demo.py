@@ -1,17 +1,19 @@
 """`meterward demo`: the whole system on one machine with zero setup.
 
-Starts (or attaches to) the database and the broker, migrates, reports what runs where, then
-runs until Ctrl-C/SIGTERM and shuts everything down in reverse order. `--smoke` checks that each
-part answers and exits. Later components (simulated fleet, gateway agents, ingest, analytics,
-API) register themselves here as they land.
+Starts (or attaches to) the database and the broker, migrates, starts an ingest worker,
+reports what runs where, then runs until Ctrl-C/SIGTERM and shuts everything down in reverse
+order. `--smoke` checks that each part answers (a real batch goes through ingest and is acked)
+and exits. Later components (gateway agents, analytics, API) register themselves here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -21,10 +23,16 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import psycopg
+from psycopg_pool import ConnectionPool
 
+from contracts.topics import ack_topic, readings_topic
+from contracts.wire import SCHEMA_VERSION, Batch, Reading, decode_ack, encode
+from ingest.consumer import Consumer
+from ingest.service import IngestWorker
 from meterward.embedded import EmbeddedPostgres, LocalBroker
 from meterward.settings import Settings, redact_url
 from store.migrations import migrate, status
+from store.pool import open_pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +86,63 @@ async def check_broker(url: str, timeout: float = 10.0) -> str:
     raise RuntimeError("broker closed the session before the message came back")
 
 
+SMOKE_GATEWAY = "demo-smoke"
+SMOKE_METER = "DEMO-SMOKE-E-0001"
+
+
+def _register_smoke_meter(url: str) -> None:
+    """A gateway and meter of the demo's own, so the smoke check can publish a real batch."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            """
+            WITH org AS (
+                INSERT INTO organisations (code, name) VALUES ('demo', 'meterward demo')
+                ON CONFLICT (code) DO UPDATE SET name = excluded.name RETURNING id
+            ), project AS (
+                INSERT INTO projects (organisation_id, code, name)
+                SELECT id, 'DEMO-SMOKE', 'Smoke checks' FROM org
+                ON CONFLICT (code) DO UPDATE SET name = excluded.name RETURNING id
+            ), gateway AS (
+                INSERT INTO gateways (project_id, code, name)
+                SELECT id, %(gateway)s, 'smoke check' FROM project
+                ON CONFLICT (code) DO UPDATE SET name = excluded.name RETURNING project_id
+            )
+            INSERT INTO meters (project_id, code, kind, profile)
+            SELECT project_id, %(meter)s, 'electricity', 'smoke' FROM gateway
+            ON CONFLICT (code) DO NOTHING
+            """,
+            {"gateway": SMOKE_GATEWAY, "meter": SMOKE_METER},
+        )
+
+
+async def check_ingest(db_url: str, mqtt_url: str, timeout: float = 20.0) -> str:
+    """Publish one batch as a gateway would and wait for ingest's application ack."""
+    await asyncio.to_thread(_register_smoke_meter, db_url)
+    now = dt.datetime.now(dt.UTC)
+    boot = uuid.uuid4()
+    reading = Reading(SMOKE_METER, "power_w", now, 42.0, "W", 0)
+    payload = encode(Batch(SCHEMA_VERSION, SMOKE_GATEWAY, boot, "live", now, 0, 0, [reading]))
+    parts = urlsplit(mqtt_url)
+    async with (
+        asyncio.timeout(timeout),
+        aiomqtt.Client(
+            hostname=parts.hostname or "127.0.0.1",
+            port=parts.port or 1883,
+            username=parts.username,
+            password=parts.password,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            identifier=f"meterward-smoke-gw-{uuid.uuid4().hex[:8]}",
+        ) as client,
+    ):
+        await client.subscribe(ack_topic(SMOKE_GATEWAY), qos=1)
+        await client.publish(readings_topic(SMOKE_GATEWAY), payload, qos=1)
+        async for message in client.messages:
+            ack = decode_ack(bytes(message.payload))
+            if ack.boot_id == boot:
+                return f"batch stored and acknowledged ({ack.status}, {ack.accepted} reading)"
+    raise RuntimeError("no application ack")
+
+
 def _install_stop_handlers(stop: asyncio.Event) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -91,7 +156,11 @@ def _install_stop_handlers(stop: asyncio.Event) -> Callable[[], None]:
 
 
 async def _smoke(db_url: str, mqtt_url: str) -> int:
-    checks = {"database": check_database(db_url), "broker": check_broker(mqtt_url)}
+    checks = {
+        "database": check_database(db_url),
+        "broker": check_broker(mqtt_url),
+        "ingest": check_ingest(db_url, mqtt_url),
+    }
     failed = False
     for name, check in checks.items():
         try:
@@ -114,6 +183,7 @@ class DemoStack:
         self.parts: list[Part] = []
         self._embedded_pg: EmbeddedPostgres | None = None
         self._broker: LocalBroker | None = None
+        self._ingest: tuple[IngestWorker, threading.Thread, ConnectionPool] | None = None
 
     async def start_database(self) -> str:
         if self.settings.database_url:
@@ -141,6 +211,25 @@ class DemoStack:
             self.parts.append(Part("broker", url, f"local {self._broker.kind}"))
         return url
 
+    def start_ingest(self, db_url: str, mqtt_url: str) -> None:
+        """An ingest worker in a thread of this process (its own process in production)."""
+        mqtt5 = self._broker is None or self._broker.kind == "mosquitto"
+        pool = open_pool(db_url, min_size=1, max_size=2, name="meterward-demo-ingest")
+        consumer = Consumer(
+            mqtt_url,
+            client_id="meterward-demo-ingest",
+            mqtt5=mqtt5,
+            shared=False,
+        )
+        worker = IngestWorker(pool, consumer)
+        thread = threading.Thread(target=worker.run, name="ingest", daemon=True)
+        thread.start()
+        if not consumer.connected.wait(15):
+            raise RuntimeError("ingest could not connect to the broker")
+        self._ingest = (worker, thread, pool)
+        protocol = "MQTT 5" if mqtt5 else "MQTT 3.1.1"
+        self.parts.append(Part("ingest", "thread in this process", f"{protocol}, exactly once"))
+
     def report(self, elapsed: float) -> None:
         _say(f"meterward demo is up in {elapsed:.1f} s:")
         width = max(len(p.name) for p in self.parts)
@@ -148,6 +237,12 @@ class DemoStack:
             _say(f"  {part.name:<{width}}  {part.where}  ({part.detail})")
 
     async def stop(self) -> None:
+        if self._ingest is not None:
+            worker, thread, pool = self._ingest
+            worker.stop()
+            await asyncio.to_thread(thread.join, 30)
+            pool.close()
+            self._ingest = None
         if self._broker is not None:
             await self._broker.stop()
             self._broker = None
@@ -167,6 +262,7 @@ async def run_demo(settings: Settings, *, smoke: bool) -> int:
     try:
         db_url = await stack.start_database()
         mqtt_url = await stack.start_broker()
+        await asyncio.to_thread(stack.start_ingest, db_url, mqtt_url)
         stack.report(time.monotonic() - started)
         if smoke:
             return await _smoke(db_url, mqtt_url)
