@@ -10,13 +10,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 
-def client(url: str, name: str) -> mqtt.Client:
+def client(url: str, name: str, *, max_inflight: int = 20) -> mqtt.Client:
     parts = urlsplit(url)
     c = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=f"{name}-{uuid.uuid4().hex[:8]}",
         protocol=MQTTProtocolVersion.MQTTv5,
     )
+    c.max_inflight_messages_set(max_inflight)
     c.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
     c.loop_start()
     return c
