@@ -94,20 +94,30 @@ def test_golden_payloads_end_to_end(worker: tuple[str, IngestWorker], mqtt_url: 
         pub.loop_stop()
 
 
-def test_the_same_batch_ten_times_is_stored_once(
+def test_r9_the_same_10000_reading_batch_ten_times_is_stored_once(
     worker: tuple[str, IngestWorker], mqtt_url: str
 ) -> None:
+    import datetime as dt  # noqa: PLC0415
+
+    from contracts.wire import Batch, Reading, encode  # noqa: PLC0415
+
     url, w = worker
-    case = next(c for c in GOLDEN if c.name == "live_three_phase")
+    start = golden_now() - dt.timedelta(days=2)
+    meters = ["P001-E-0001", "P001-E-0002", "P001-E-0003", "P001-W-0001"]
+    readings = [
+        Reading(meters[i % 4], "power_w", start + dt.timedelta(seconds=i // 4), float(i), "W", i)
+        for i in range(10_000)
+    ]
+    payload = encode(Batch(1, "gw-0001", uuid.uuid4(), "live", golden_now(), 0, 9_999, readings))
     pub = client(mqtt_url, "gw-test")
     try:
         for _ in range(10):
-            pub.publish(case.topic, case.payload, qos=1).wait_for_publish(10)
+            pub.publish("v1/gw/gw-0001/readings", payload, qos=1).wait_for_publish(10)
         metric = w.metrics.registry.get_sample_value
-        wait_until(lambda: metric("ingest_readings_received_total") == 30)
-        assert rows(url, "SELECT count(*) FROM readings")[0][0] == 3
-        assert metric("ingest_duplicates_total") == 27
-        assert metric("ingest_readings_stored_total") == 3
+        wait_until(lambda: metric("ingest_readings_received_total") == 100_000, timeout=60)
+        assert rows(url, "SELECT count(*) FROM readings")[0][0] == 10_000
+        assert metric("ingest_duplicates_total") == 90_000
+        assert metric("ingest_readings_stored_total") == 10_000
     finally:
         pub.disconnect()
         pub.loop_stop()
