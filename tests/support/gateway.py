@@ -70,18 +70,19 @@ class GatewayDouble:
             self.sent.extend(readings)
         self._client.publish(readings_topic(self.code), payload, qos=1)
 
-    def resend_due(self) -> int:
-        """Resend batches unacknowledged for `resend_after_s` (what the outbox would do)."""
+    def resend_due(self, after_s: float | None = None) -> int:
+        """Resend batches unacknowledged for `after_s` (default `resend_after_s`)."""
         now = time.monotonic()
+        wait = self.resend_after_s if after_s is None else after_s
         with self._lock:
-            due = [(f, p) for f, (p, t) in self.outbox.items() if now - t >= self.resend_after_s]
+            due = [(f, p) for f, (p, t) in self.outbox.items() if now - t >= wait]
             for first, payload in due:
                 self.outbox[first] = (payload, now)
         for _, payload in due:
             self._client.publish(readings_topic(self.code), payload, qos=1)
         return len(due)
 
-    def drain(self, timeout: float = 120.0) -> None:
+    def drain(self, timeout: float = 120.0, resend_after_s: float | None = None) -> None:
         """Resend until everything is acknowledged."""
         deadline = time.monotonic() + timeout
         while True:
@@ -90,7 +91,7 @@ class GatewayDouble:
                     return
             if time.monotonic() > deadline:
                 raise AssertionError(f"{len(self.outbox)} batches never acknowledged")
-            self.resend_due()
+            self.resend_due(resend_after_s)
             time.sleep(0.1)
 
     def close(self) -> None:
