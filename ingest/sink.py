@@ -218,11 +218,15 @@ class Sink:
             ranges[key].append((m.ack.from_seq, m.ack.upto_seq))
         if not progress:
             return
+        keys = sorted(progress)  # one lock order for every worker: no deadlocks
         with conn.cursor() as cur:
-            cur.executemany(
-                _UPSERT_PROGRESS, [(g, b, *values) for (g, b), values in progress.items()]
-            )
-            for (gateway, boot), new in ranges.items():
+            # Workers sharing a subscription may commit batches of the same boot at once; the
+            # read-merge-write of its ranges must not interleave.
+            for gateway, boot in keys:
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (gateway, str(boot)))
+            cur.executemany(_UPSERT_PROGRESS, [(g, b, *progress[(g, b)]) for g, b in keys])
+            for gateway, boot in keys:
+                new = ranges[(gateway, boot)]
                 cur.execute(
                     "SELECT seq_lo, seq_hi FROM gateway_seq_ranges"
                     " WHERE gateway_id = %s AND boot_id = %s FOR UPDATE",

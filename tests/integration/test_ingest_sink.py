@@ -28,7 +28,7 @@ def store(make_database: DatabaseFactory) -> Iterator[tuple[str, ConnectionPool]
     url = make_database()
     migrate(url, "require")
     seed_golden_registry(url)
-    pool = open_pool(url, min_size=1, max_size=2, name="mw-test-sink")
+    pool = open_pool(url, min_size=1, max_size=4, name="mw-test-sink")
     try:
         yield url, pool
     finally:
@@ -149,3 +149,51 @@ def test_durability_settings_are_checked(store: tuple[str, ConnectionPool]) -> N
         conn.execute("SET synchronous_commit = off")
         with pytest.raises(DurabilityError, match="synchronous_commit=off"):
             check_durability(conn)
+
+
+def test_concurrent_writers_keep_sequence_ranges_consistent(
+    store: tuple[str, ConnectionPool],
+) -> None:
+    """Two workers commit batches of one gateway boot at the same time, some twice."""
+    import threading  # noqa: PLC0415
+
+    url, pool = store
+    now = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    boot = uuid.uuid4()
+    with psycopg.connect(url) as conn:
+        registry = load_registry(conn)
+
+    def message(first: int) -> Parsed:
+        readings = [
+            Reading("P001-E-0001", "power_w", now - dt.timedelta(seconds=s), 1.0, "W", s)
+            for s in range(first, first + 10)
+        ]
+        batch = Batch(1, "gw-0001", boot, "live", now, first, first + 9, readings)
+        return parse("v1/gw/gw-0001/readings", encode(batch), registry=registry, now=now)
+
+    errors: list[BaseException] = []
+
+    def writer(firsts: list[int]) -> None:
+        sink = Sink(pool)
+        try:
+            for first in firsts:
+                sink.write([message(first)])
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    evens = [i * 10 for i in range(0, 60, 2)]
+    odds = [i * 10 for i in range(1, 60, 2)]
+    threads = [
+        threading.Thread(target=writer, args=(evens + odds[:10],)),
+        threading.Thread(target=writer, args=(odds + evens[:10],)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with psycopg.connect(url) as conn:
+        ranges = conn.execute("SELECT seq_lo, seq_hi FROM gateway_seq_ranges").fetchall()
+        stored = conn.execute("SELECT count(*) FROM readings").fetchone()
+    assert ranges == [(0, 599)]
+    assert stored == (600,)
