@@ -32,8 +32,16 @@ class SettingsError(Exception):
 
 
 def _default_data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "meterward"
+    """~/.local/share/meterward, or /var/lib/meterward for root.
+
+    As root, the embedded PostgreSQL runs as its own user and makes every directory above its
+    data traversable; under /root that would open root's home to everyone.
+    """
+    if os.environ.get("XDG_DATA_HOME"):
+        return Path(os.environ["XDG_DATA_HOME"]) / "meterward"
+    if os.geteuid() == 0:
+        return Path("/var/lib/meterward")
+    return Path.home() / ".local" / "share" / "meterward"
 
 
 def validate_database_url(url: str) -> str:

@@ -131,3 +131,18 @@ def test_passwords_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert shown["database_url"] == "postgresql://mw:***@db/meterward"
     assert "s3cret" not in str(shown)
     assert redact_url("mqtt://broker:1883") == "mqtt://broker:1883"
+
+
+def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os  # noqa: PLC0415
+
+    monkeypatch.delenv("MW_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert load_settings().data_dir == tmp_path / "meterward"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    expected = (
+        Path("/var/lib/meterward")
+        if os.geteuid() == 0
+        else Path.home() / ".local" / "share" / "meterward"
+    )
+    assert load_settings().data_dir == expected
