@@ -16,6 +16,7 @@ import typer
 
 from meterward import __version__
 from meterward.cli_ingest import ingest_app
+from meterward.cli_simulate import simulate_app
 from meterward.logs import configure_logging
 from meterward.settings import Settings, SettingsError, load_settings
 
@@ -31,6 +32,7 @@ config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(ingest_app, name="ingest")
+app.add_typer(simulate_app, name="simulate")
 
 
 class CliError(Exception):
