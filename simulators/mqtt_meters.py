@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -67,23 +68,41 @@ def render(meter: MqttMeter, values: Mapping[str, float], t: dt.datetime) -> tup
     """
     if meter.format == "tasmota":
         local = t.astimezone(ZoneInfo(meter.time_zone)).replace(tzinfo=None, microsecond=0)
-        energy = {
-            "Total": round(values["energy_import_kwh"], 3),
-            "Power": round(values["power_w"]),
-            "ApparentPower": round(values["apparent_power_va"]),
-            "ReactivePower": round(values["reactive_power_var"]),
-            "Factor": round(values["power_factor"], 2),
-            "Voltage": round(values["voltage_l1_v"]),
-            "Current": round(values["current_l1_a"], 3),
-        }
-        doc: dict[str, object] = {"Time": local.isoformat(), "ENERGY": energy}
+        doc: dict[str, object] = {"Time": local.isoformat(), "ENERGY": _tasmota_energy(values)}
     else:
-        doc = {
-            "ts": t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
-            "temperature": round(values["temperature_c"], 1),
-            "humidity": round(values["relative_humidity_pct"]),
-        }
+        doc = {"ts": t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")}
+        for key, channel, digits in (("temperature", "temperature_c", 1),
+                                     ("humidity", "relative_humidity_pct", 0)):  # fmt: skip
+            value = values.get(channel)
+            if value is not None and math.isfinite(value):
+                doc[key] = round(value, digits) if digits else round(value)
     return meter.topic(), json.dumps(doc, separators=(",", ":")).encode()
+
+
+_TASMOTA_KEYS = (
+    ("Total", "energy_import_kwh", 3), ("Power", "power_w", 0),
+    ("ApparentPower", "apparent_power_va", 0), ("ReactivePower", "reactive_power_var", 0),
+    ("Factor", "power_factor", 2), ("Voltage", "voltage_l1_v", 0), ("Current", "current_l1_a", 3),
+)  # fmt: skip
+
+
+def _tasmota_energy(values: Mapping[str, float]) -> dict[str, float]:
+    """Tasmota's ENERGY object. Like the firmware, it derives apparent power as V x I and
+    reactive power from apparent and active power when the meter chip gives only those, and
+    leaves out what it could not read."""
+    full = dict(values)
+    v, i, p = full.get("voltage_l1_v"), full.get("current_l1_a"), full.get("power_w")
+    if "apparent_power_va" not in full and v is not None and i is not None:
+        full["apparent_power_va"] = v * i
+    s = full.get("apparent_power_va")
+    if "reactive_power_var" not in full and s is not None and p is not None:
+        full["reactive_power_var"] = math.sqrt(max(s * s - p * p, 0.0))
+    energy: dict[str, float] = {}
+    for key, channel, digits in _TASMOTA_KEYS:
+        value = full.get(channel)
+        if value is not None and math.isfinite(value):
+            energy[key] = round(value, digits) if digits else round(value)
+    return energy
 
 
 def reported(meter: MqttMeter, values: Mapping[str, float]) -> dict[str, float]:
@@ -92,18 +111,17 @@ def reported(meter: MqttMeter, values: Mapping[str, float]) -> dict[str, float]:
     The ground truth for MQTT meters is what they publish, not the physics behind it.
     """
     if meter.format == "tasmota":
-        return {
-            "energy_import_kwh": round(values["energy_import_kwh"], 3),
-            "power_w": float(round(values["power_w"])),
-            "apparent_power_va": float(round(values["apparent_power_va"])),
-            "reactive_power_var": float(round(values["reactive_power_var"])),
-            "power_factor": round(values["power_factor"], 2),
-            "voltage_l1_v": float(round(values["voltage_l1_v"])),
-            "current_l1_a": round(values["current_l1_a"], 3),
-        }
+        energy = _tasmota_energy(values)
+        return {channel: float(energy[key]) for key, channel, _ in _TASMOTA_KEYS if key in energy}
+    _, payload = render(meter, values, dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+    doc = json.loads(payload)
     return {
-        "temperature_c": round(values["temperature_c"], 1),
-        "relative_humidity_pct": float(round(values["relative_humidity_pct"])),
+        channel: float(doc[key])
+        for key, channel in (
+            ("temperature", "temperature_c"),
+            ("humidity", "relative_humidity_pct"),
+        )
+        if key in doc
     }
 
 

@@ -56,3 +56,18 @@ def test_local_time_follows_the_device_zone_across_dst() -> None:
     after = dt.datetime(2026, 3, 29, 1, 30, tzinfo=dt.UTC)  # 03:30 CEST
     assert json.loads(render(berlin, PLUG_VALUES, before)[1])["Time"] == "2026-03-29T01:30:00"
     assert json.loads(render(berlin, PLUG_VALUES, after)[1])["Time"] == "2026-03-29T03:30:00"
+
+
+def test_tasmota_derives_what_the_meter_chip_does_not_give_and_omits_nan() -> None:
+    values = {"energy_import_kwh": 1.0, "power_w": 600.0, "power_factor": 0.8,
+              "voltage_l1_v": 230.0, "current_l1_a": 3.26}  # fmt: skip
+    energy = json.loads(render(PLUG, values, T)[1])["ENERGY"]
+    assert energy["ApparentPower"] == round(230.0 * 3.26)
+    assert energy["ReactivePower"] == round((750.0**2 - 600.0**2) ** 0.5)
+    broken = {**values, "power_w": float("nan")}
+    energy = json.loads(render(PLUG, broken, T)[1])["ENERGY"]
+    assert "Power" not in energy
+    assert "ReactivePower" not in energy
+    assert reported(PLUG, broken).keys() == {
+        "energy_import_kwh", "apparent_power_va", "power_factor", "voltage_l1_v", "current_l1_a"
+    }  # fmt: skip
