@@ -132,3 +132,90 @@ def history(  # noqa: PLR0917 - typer options
     )
     for path in summary.paths.all():
         print(f"  {path}")  # noqa: T201
+
+
+@simulate_app.command("run")
+def run(  # noqa: PLR0917 - typer options
+    ctx: typer.Context,
+    scenario: Annotated[
+        Path, typer.Option("--scenario", "-s", help="Scenario TOML file (see scenarios/).")
+    ],
+    speed: Annotated[
+        float, typer.Option(min=0.001, help="Simulated seconds per real second (1 = real time).")
+    ] = 1.0,
+    start: Annotated[
+        str | None,
+        typer.Option(help="Simulated start: ISO date or time (default: now, real time)."),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: the scenario's).")] = None,
+    host: Annotated[
+        str, typer.Option(help="Address the Modbus endpoints listen on.")
+    ] = "127.0.0.1",
+    base_port: Annotated[
+        int, typer.Option(min=0, max=65000, help="First TCP port, one per bus (0: any free).")
+    ] = 15020,
+    rtu_over_tcp: Annotated[
+        bool, typer.Option("--rtu-over-tcp", help="RTU framing over TCP instead of Modbus TCP.")
+    ] = False,
+    line_timing: Annotated[
+        bool, typer.Option(help="Pace each bus at its serial line's wire time.")
+    ] = True,
+    duration: Annotated[
+        float | None, typer.Option(min=0, help="Stop after this many real seconds.")
+    ] = None,
+    map_file: Annotated[
+        Path | None, typer.Option("--map", help="Also write where each meter lives as JSON.")
+    ] = None,
+) -> None:
+    """Serve a scenario's fleet: one Modbus TCP endpoint per RS-485 bus, MQTT meters
+    publishing to MW_MQTT_URL; prints where each meter lives. Runs until Ctrl-C/SIGTERM."""
+    import asyncio  # noqa: PLC0415
+    import contextlib  # noqa: PLC0415
+    import datetime as dt  # noqa: PLC0415
+    import json  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from simulators.clock import AcceleratedClock  # noqa: PLC0415
+    from simulators.fleet import Fleet  # noqa: PLC0415
+    from simulators.scenario import ScenarioError, load_scenario, plan  # noqa: PLC0415
+    from simulators.serve import serve_fleet  # noqa: PLC0415
+
+    mqtt_url = getattr(ctx.find_root().obj, "mqtt_url", None)
+    begin = start or dt.datetime.now(dt.UTC).replace(second=0, microsecond=0).isoformat()
+    try:
+        fleet = Fleet(plan(load_scenario(scenario), start=begin, seed=seed))
+    except ScenarioError as exc:
+        raise _error(str(exc)) from None
+    except ValueError as exc:
+        raise _error(f"--start: {exc}") from None
+
+    async def main() -> None:
+        clock = AcceleratedClock(fleet.start, speed)
+        served = await serve_fleet(
+            fleet, clock, host=host, base_port=base_port,
+            framing="rtu" if rtu_over_tcp else "mbap", line_timing=line_timing,
+            mqtt_url=mqtt_url,
+        )  # fmt: skip
+        for loc in served.locations:
+            unit = f" unit {loc.unit_id:>3}" if loc.unit_id is not None else ""
+            bus = f" bus {loc.bus}" if loc.bus else ""
+            print(f"{loc.meter_id:24} {loc.transport:13} {loc.address}{unit}{bus} ({loc.profile})")  # noqa: T201
+        if map_file is not None:
+            map_file.write_text(json.dumps([asdict(x) for x in served.locations], indent=1))
+        if any(m.transport == "mqtt" for m in fleet.meters.values()) and not mqtt_url:
+            print("note: MW_MQTT_URL is not set; MQTT meters are not served", file=sys.stderr)  # noqa: T201
+        print(  # noqa: T201
+            f"serving {len(served.locations):,} meters of {fleet.plan.name} at {speed:g}x;"
+            " Ctrl-C to stop",
+            file=sys.stderr,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), duration)
+        await served.stop()
+
+    asyncio.run(main())
