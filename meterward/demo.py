@@ -1,7 +1,8 @@
 """`meterward demo`: the whole system on one machine with zero setup.
 
-Starts (or attaches to) the database and the broker, migrates, starts an ingest worker,
-reports what runs where, then runs until Ctrl-C/SIGTERM and shuts everything down in reverse
+Starts (or attaches to) the database and the broker, migrates, starts an ingest worker and
+serves a simulated property (scenario `demo.scenario`) over Modbus TCP and MQTT, reports what
+runs where, then runs until Ctrl-C/SIGTERM and shuts everything down in reverse
 order. `--smoke` checks that each part answers (a real batch goes through ingest and is acked)
 and exits. Later components (gateway agents, analytics, API) register themselves here.
 """
@@ -27,10 +28,13 @@ from psycopg_pool import ConnectionPool
 
 from contracts.topics import ack_topic, readings_topic
 from contracts.wire import SCHEMA_VERSION, Batch, Reading, decode_ack, encode
+from gateway_agent.profiles import builtin_profile
+from gateway_agent.registers import decode
 from ingest.consumer import Consumer
 from ingest.service import IngestWorker
 from meterward.embedded import EmbeddedPostgres, LocalBroker
 from meterward.settings import Settings, redact_url
+from simulators.serve import GATEWAY_PROFILE, ServedFleet, scenario_file, serve_fleet
 from store.migrations import migrate, status
 from store.pool import open_pool
 
@@ -143,6 +147,32 @@ async def check_ingest(db_url: str, mqtt_url: str, timeout: float = 20.0) -> str
     raise RuntimeError("no application ack")
 
 
+async def check_fleet(served: ServedFleet) -> str:
+    """Read one served meter's first channel over Modbus TCP, as a gateway would."""
+    from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415
+
+    modbus = [loc for loc in served.locations if loc.transport == "modbus-tcp"]
+    loc = modbus[0]
+    profile = builtin_profile(GATEWAY_PROFILE[loc.profile])
+    spec = next(iter(profile.channels.values()))
+    host, port = loc.address.rsplit(":", 1)
+    client = AsyncModbusTcpClient(host, port=int(port), timeout=5)
+    await client.connect()
+    try:
+        read = client.read_input_registers if spec.function == 4 else client.read_holding_registers
+        reply = await read(spec.address, count=spec.count, device_id=loc.unit_id or 1)
+    finally:
+        client.close()
+    if reply.isError():
+        raise RuntimeError(f"{loc.meter_id}: {reply}")
+    value = decode(reply.registers, spec.fmt).value
+    mqtt = sum(1 for x in served.locations if x.transport == "mqtt")
+    return (
+        f"{len(modbus)} Modbus meters, {mqtt} MQTT meters; {loc.meter_id}"
+        f" {spec.channel} = {value:g} {spec.unit}"
+    )
+
+
 def _install_stop_handlers(stop: asyncio.Event) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -155,12 +185,14 @@ def _install_stop_handlers(stop: asyncio.Event) -> Callable[[], None]:
     return remove
 
 
-async def _smoke(db_url: str, mqtt_url: str) -> int:
+async def _smoke(db_url: str, mqtt_url: str, fleet: ServedFleet | None) -> int:
     checks = {
         "database": check_database(db_url),
         "broker": check_broker(mqtt_url),
         "ingest": check_ingest(db_url, mqtt_url),
     }
+    if fleet is not None:
+        checks["fleet"] = check_fleet(fleet)
     failed = False
     for name, check in checks.items():
         try:
@@ -184,6 +216,7 @@ class DemoStack:
         self._embedded_pg: EmbeddedPostgres | None = None
         self._broker: LocalBroker | None = None
         self._ingest: tuple[IngestWorker, threading.Thread, ConnectionPool] | None = None
+        self.fleet: ServedFleet | None = None
 
     async def start_database(self) -> str:
         if self.settings.database_url:
@@ -230,6 +263,34 @@ class DemoStack:
         protocol = "MQTT 5" if mqtt5 else "MQTT 3.1.1"
         self.parts.append(Part("ingest", "thread in this process", f"{protocol}, exactly once"))
 
+    async def start_fleet(self, mqtt_url: str) -> None:
+        """The simulated properties of the demo scenario, in real time."""
+        from simulators.clock import SystemClock  # noqa: PLC0415 - numpy/polars on demand
+        from simulators.fleet import Fleet  # noqa: PLC0415
+        from simulators.scenario import load_scenario, plan  # noqa: PLC0415
+
+        name = self.settings.demo.scenario
+        now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+        scenario = await asyncio.to_thread(load_scenario, scenario_file(name))
+        fleet = await asyncio.to_thread(Fleet, plan(scenario, start=now.isoformat()))
+        base = self.settings.demo.fleet_base_port
+        try:
+            served = await serve_fleet(fleet, SystemClock(), base_port=base, mqtt_url=mqtt_url)
+        except OSError:  # a port of the range is taken: any free ports then
+            served = await serve_fleet(fleet, SystemClock(), base_port=0, mqtt_url=mqtt_url)
+        self.fleet = served
+        modbus = [loc for loc in served.locations if loc.transport != "mqtt"]
+        endpoints = sorted({loc.address for loc in modbus}, key=lambda a: int(a.rsplit(":")[1]))
+        mqtt = len(served.locations) - len(modbus)
+        self.parts.append(
+            Part(
+                "fleet",
+                f"{endpoints[0]} .. {endpoints[-1]}" if endpoints else "-",
+                f"scenario {name}: {len(modbus)} Modbus meters behind {len(endpoints)}"
+                f" RS-485/TCP converters, {mqtt} MQTT meters",
+            )
+        )
+
     def report(self, elapsed: float) -> None:
         _say(f"meterward demo is up in {elapsed:.1f} s:")
         width = max(len(p.name) for p in self.parts)
@@ -237,6 +298,9 @@ class DemoStack:
             _say(f"  {part.name:<{width}}  {part.where}  ({part.detail})")
 
     async def stop(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.stop()
+            self.fleet = None
         if self._ingest is not None:
             worker, thread, pool = self._ingest
             worker.stop()
@@ -263,9 +327,10 @@ async def run_demo(settings: Settings, *, smoke: bool) -> int:
         db_url = await stack.start_database()
         mqtt_url = await stack.start_broker()
         await asyncio.to_thread(stack.start_ingest, db_url, mqtt_url)
+        await stack.start_fleet(mqtt_url)
         stack.report(time.monotonic() - started)
         if smoke:
-            return await _smoke(db_url, mqtt_url)
+            return await _smoke(db_url, mqtt_url, stack.fleet)
         _say("press Ctrl-C to stop")
         await stop.wait()
         _say("stopping ...")

@@ -85,6 +85,10 @@ class DemoSettings(BaseModel):
     )
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8420, ge=0, le=65535)
+    scenario: str = Field(
+        default="residential-small", description="shipped scenario served as the demo's fleet"
+    )
+    fleet_base_port: int = Field(default=15020, ge=0, le=65000)
 
 
 class MappingSettings(BaseModel):

@@ -14,6 +14,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -36,6 +37,16 @@ MQTT_FORMAT: Mapping[str, MqttFormat] = {
     "mqtt-wifi-plug": "tasmota",
     "mqtt-weather": "weather-json",
 }
+
+
+def scenario_file(name: str) -> Path:
+    """A shipped scenario by name: beside the package when installed, else the repo's."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "scenarios", here.parent / "scenarios"):
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no shipped scenario named {name!r}")
 
 
 @dataclass(frozen=True, slots=True)

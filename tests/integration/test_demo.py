@@ -57,6 +57,7 @@ def test_smoke_passes_with_no_services_configured(tmp_path: Path, broker: str) -
     assert "smoke: database: answers" in out
     assert "smoke: broker: round trip ok" in out
     assert "smoke: ingest: batch stored and acknowledged" in out
+    assert "smoke: fleet: 94 Modbus meters, 2 MQTT meters" in out
     assert "smoke: all parts answer" in out
     assert processes_using(data_dir) == []
 
