@@ -15,8 +15,10 @@ Four files, beside each other (for `--out readings.parquet`):
   opening reading per counter, replacements (old/new serial, closing/opening readings).
 - `readings.weather.parquet`: `project, ts, temperature_c, relative_humidity_pct`.
 
-Writer options are fixed (zstd level 1, no column statistics, 1 Mi-row groups) and nothing of
-"now" is written, so the same seed gives byte-identical files.
+Writer options are fixed (LZ4, no column statistics, 1 Mi-row groups) and nothing of "now" is
+written, so the same seed gives byte-identical files. LZ4 rather than zstd: on a year of 1,000
+meters it took the writer from 4.85 to 5.26 M readings/s for files 23% larger (10.0 against 8.1
+bytes a reading), and these are test inputs, not archives.
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ from simulators.faults import QUALITIES
 
 ROW_GROUP_SIZE: Final = 1 << 20
 WRITE_OPTIONS: Final[dict[str, Any]] = {
-    "compression": "zstd",
-    "compression_level": 1,
+    "compression": "lz4",  # see the module docstring
     "statistics": False,  # a quarter of the writer's CPU; readers scan whole files
     "row_group_size": ROW_GROUP_SIZE,
 }
