@@ -23,20 +23,17 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 import psutil
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from psycopg import sql
 
-from bench.ingest_sink import raw_copy
+from bench.ingest_sink import fresh_database, raw_copy
 from contracts.topics import ack_topic, readings_topic
 from contracts.wire import Batch, Reading, decode_ack, encode
 from ingest.parse import Row
-from store.migrations import migrate
 
 CHANNELS = ("energy_import_kwh", "power_w", "voltage_l1_v", "current_l1_a", "power_factor")
 UNITS = {
@@ -113,22 +110,6 @@ def publish(url: str, gw: Gateway, rate_per_s: float | None) -> None:
         time.sleep(0.05)
     client.disconnect()
     client.loop_stop()
-
-
-@contextmanager
-def fresh_database(admin: str) -> Iterator[str]:
-    name = f"mw_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = admin.rsplit("/", 1)[0] + "/" + name
-    try:
-        migrate(url, "require")
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 def seed(url: str, gateways: list[Gateway]) -> None:

@@ -15,7 +15,8 @@ import datetime as dt
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import pq, sql
@@ -30,6 +31,23 @@ CHANNELS = ("energy_import_kwh", "power_w", "voltage_l1_v", "current_l1_a", "pow
 COLUMNS = ", ".join(STAGING_COLUMNS)
 BOOT = uuid.UUID(int=1)
 Flush = list[Row]
+
+
+@contextmanager
+def fresh_database(admin: str) -> Iterator[str]:
+    """A migrated database of its own (TimescaleDB), dropped afterwards."""
+    name = f"mw_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = admin.rsplit("/", 1)[0] + "/" + name
+    try:
+        migrate(url, "require")
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def workload(meters: int, steps: int) -> list[Flush]:
@@ -159,18 +177,8 @@ def main() -> None:
     }
     results = {}
     for name, run in variants.items():
-        db = f"mw_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
-        url = admin.rsplit("/", 1)[0] + "/" + db
-        try:
-            migrate(url, "require")
+        with fresh_database(admin) as url:
             results[name] = run(url)
-        finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
-                )
         print(f"  {name:56} {results[name]:>10,.0f} rows/s", flush=True)
     base = results["raw binary COPY into readings [baseline]"]
     print("ratio to the raw COPY baseline:")

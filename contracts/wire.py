@@ -83,8 +83,8 @@ class Reading(
         return (self.meter_id, self.channel, self.ts)
 
 
-class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A gateway's publication: consecutive outbox readings of one boot."""
+class _Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The fields of a batch around its readings."""
 
     v: int
     gateway_id: GatewayId
@@ -93,6 +93,11 @@ class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sent_at: AwareDatetime
     seq_first: Seq
     seq_last: Seq
+
+
+class Batch(_Envelope, frozen=True, forbid_unknown_fields=True):
+    """A gateway's publication: consecutive outbox readings of one boot."""
+
     readings: list[Reading]
 
 
@@ -152,16 +157,9 @@ class _VersionProbe(msgspec.Struct):
     v: object = None
 
 
-class _LenientBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class _LenientBatch(_Envelope, frozen=True, forbid_unknown_fields=True):
     """The envelope typed, each reading left raw: the slow path after a typing failure."""
 
-    v: int
-    gateway_id: GatewayId
-    boot_id: uuid.UUID
-    kind: Literal["live", "backfill"]
-    sent_at: AwareDatetime
-    seq_first: Seq
-    seq_last: Seq
     readings: list[msgspec.Raw]
 
 

@@ -66,22 +66,24 @@ async def check_database(url: str) -> str:
     return await asyncio.to_thread(_check)
 
 
+def _smoke_client(url: str, name: str) -> aiomqtt.Client:
+    """A throwaway MQTT 3.1.1 client (the embedded amqtt broker speaks nothing newer)."""
+    parts = urlsplit(url)
+    return aiomqtt.Client(
+        hostname=parts.hostname or "127.0.0.1",
+        port=parts.port or 1883,
+        username=parts.username,
+        password=parts.password,
+        protocol=aiomqtt.ProtocolVersion.V311,
+        identifier=f"{name}-{uuid.uuid4().hex[:8]}",
+    )
+
+
 async def check_broker(url: str, timeout: float = 10.0) -> str:
     """Publish a QoS 1 message to a private topic and receive it back (MQTT 3.1.1)."""
-    parts = urlsplit(url)
     topic = f"meterward/smoke/{uuid.uuid4().hex}"
     payload = b"ping"
-    async with (
-        asyncio.timeout(timeout),
-        aiomqtt.Client(
-            hostname=parts.hostname or "127.0.0.1",
-            port=parts.port or 1883,
-            username=parts.username,
-            password=parts.password,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            identifier=f"meterward-smoke-{uuid.uuid4().hex[:8]}",
-        ) as client,
-    ):
+    async with asyncio.timeout(timeout), _smoke_client(url, "meterward-smoke") as client:
         await client.subscribe(topic, qos=1)
         await client.publish(topic, payload, qos=1)
         async for message in client.messages:
@@ -126,18 +128,7 @@ async def check_ingest(db_url: str, mqtt_url: str, timeout: float = 20.0) -> str
     boot = uuid.uuid4()
     reading = Reading(SMOKE_METER, "power_w", now, 42.0, "W", 0)
     payload = encode(Batch(SCHEMA_VERSION, SMOKE_GATEWAY, boot, "live", now, 0, 0, [reading]))
-    parts = urlsplit(mqtt_url)
-    async with (
-        asyncio.timeout(timeout),
-        aiomqtt.Client(
-            hostname=parts.hostname or "127.0.0.1",
-            port=parts.port or 1883,
-            username=parts.username,
-            password=parts.password,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            identifier=f"meterward-smoke-gw-{uuid.uuid4().hex[:8]}",
-        ) as client,
-    ):
+    async with asyncio.timeout(timeout), _smoke_client(mqtt_url, "meterward-smoke-gw") as client:
         await client.subscribe(ack_topic(SMOKE_GATEWAY), qos=1)
         await client.publish(readings_topic(SMOKE_GATEWAY), payload, qos=1)
         async for message in client.messages:
