@@ -30,7 +30,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import numpy as np
 
@@ -54,24 +54,7 @@ FaultKind = Literal[
     "phase_loss",
     "retrofit",
 ]
-FAULT_KINDS: Final[tuple[FaultKind, ...]] = (
-    "leak",
-    "spike",
-    "stuck",
-    "zero_read",
-    "nan_read",
-    "rollover",
-    "reset",
-    "replacement",
-    "no_response",
-    "busy",
-    "slow",
-    "clock_drift",
-    "degradation",
-    "ct_reversal",
-    "phase_loss",
-    "retrofit",
-)
+FAULT_KINDS: Final[tuple[FaultKind, ...]] = get_args(FaultKind)
 PHYSICAL: Final = frozenset({"leak", "spike", "degradation", "phase_loss", "retrofit"})
 DEVICE: Final = frozenset({"no_response", "busy", "slow"})
 
