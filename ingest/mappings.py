@@ -5,7 +5,8 @@ table), where the timestamp is and which JSON paths hold which channels. Two dec
 
 * `tasmota` — Tasmota firmware telemetry (`tele/<device>/SENSOR`): local time without an
   offset (the mapping names the zone), `ENERGY.Total` kWh, `ENERGY.Power` W, and so on;
-* `json` — any flat or nested JSON: `ts_path` and one path per channel.
+* `json` — any flat or nested JSON: `ts_path` and one path per channel
+  (`contracts.meter_json`: dotted keys, `[n]` list indices; ISO 8601 or epoch timestamps).
 
 Pure: `map_message` turns one message into readings plus refusals, with the same reason codes
 as gateway batches. Such readings have no gateway, boot or sequence: they are stored by their
@@ -21,15 +22,15 @@ idempotency key alone.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from contracts.channels import CHANNELS, UNITS
+from contracts.meter_json import lookup, parse_path, timestamp
 from contracts.wire import MAX_ABS_VALUE, Reading, Reason
 
 TASMOTA_CHANNELS: dict[str, str] = {
@@ -68,6 +69,11 @@ class MeterMapping:
             ) from None
         if self.device_level < 0 or self.device_level >= len(self.topic.split("/")):
             raise ValueError(f"mapping {self.name!r}: device_level outside the topic")
+        for path in (self.ts_path, *self.channels.values()):
+            try:
+                parse_path(path)
+            except ValueError as exc:
+                raise ValueError(f"mapping {self.name!r}: {exc}") from None
 
     @property
     def channel_paths(self) -> Mapping[str, str]:
@@ -93,23 +99,6 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(f_parts) == len(t_parts)
 
 
-def _path(doc: Any, path: str) -> Any:
-    for key in path.split("."):
-        if not isinstance(doc, dict) or key not in doc:
-            raise KeyError(path)
-        doc = doc[key]
-    return doc
-
-
-def _timestamp(raw: Any, zone: str) -> dt.datetime:
-    if not isinstance(raw, str):
-        raise TypeError("timestamp is not a string")
-    ts = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=ZoneInfo(zone))
-    return ts.astimezone(dt.UTC)
-
-
 def map_message(mapping: MeterMapping, topic: str, payload: bytes) -> Mapped:
     """Readings from one message of a self-publishing meter; refusals carry reason codes."""
     levels = topic.split("/")
@@ -122,14 +111,14 @@ def map_message(mapping: MeterMapping, topic: str, payload: bytes) -> Mapped:
     except (ValueError, UnicodeDecodeError) as exc:
         return Mapped([], [(Reason.INVALID_JSON, str(exc))])
     try:
-        ts = _timestamp(_path(doc, mapping.ts_path), mapping.time_zone)
+        ts = timestamp(lookup(doc, mapping.ts_path), mapping.time_zone)
     except (KeyError, TypeError, ValueError) as exc:
         return Mapped([], [(Reason.SCHEMA, f"timestamp at {mapping.ts_path!r}: {exc}")])
     readings: list[Reading] = []
     refused: list[tuple[Reason, str]] = []
     for channel, path in mapping.channel_paths.items():
         try:
-            value = _path(doc, path)
+            value = lookup(doc, path)
         except KeyError:
             continue  # a device may leave out what it does not measure
         if isinstance(value, bool) or not isinstance(value, int | float):
