@@ -50,13 +50,17 @@ KINDS: Final = ("electricity", "water", "heat", "gas")
 MODBUS_MAX_READ: Final = 125
 
 
-class ProfileError(ValueError):
-    """A profile that cannot be used, with where the problem is."""
+class LocatedError(ValueError):
+    """A configuration file problem and where it is: file, line (best effort) and field."""
 
     def __init__(self, file: str, line: int | None, field: str, message: str) -> None:
         self.file, self.line, self.field, self.message = file, line, field, message
         where = f"{file}:{line}" if line else file
         super().__init__(f"{where}: {field}: {message}")
+
+
+class ProfileError(LocatedError):
+    """A profile that cannot be used, with where the problem is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +253,10 @@ class _Locator:
 
 
 class _Reader:
-    """Typed access to one TOML table, raising `ProfileError` with file, line and field."""
+    """Typed access to one TOML table, raising `error` (`ProfileError` here) with file, line
+    and field. The site loader subclasses it with its own error type."""
+
+    error: type[LocatedError] = ProfileError
 
     def __init__(
         self, file: str, loc: _Locator, data: Mapping[str, Any], table: str, index: int | None
@@ -261,9 +268,9 @@ class _Reader:
         base = self.table if self.index is None else f"{self.table}[{self.index}]"
         return f"{base}.{key}" if key else base
 
-    def fail(self, key: str | None, message: str) -> ProfileError:
+    def fail(self, key: str | None, message: str) -> LocatedError:
         line = self.loc.line(self.table, self.index, key)
-        return ProfileError(self.file, line, self.path(key), message)
+        return self.error(self.file, line, self.path(key), message)
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
         self.used.add(key)
