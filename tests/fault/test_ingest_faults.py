@@ -8,7 +8,6 @@ import datetime as dt
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,13 +18,11 @@ import psutil
 import psycopg
 import pytest
 
-from ingest.consumer import Consumer
-from ingest.service import IngestWorker
 from store.migrations import migrate
-from store.pool import open_pool
 from tests.conftest import DatabaseFactory
 from tests.support.broker import PrivateBroker
 from tests.support.gateway import GatewayDouble
+from tests.support.ingest_thread import ThreadWorker
 from tests.support.proxy import TcpProxy
 from tests.support.seed import seed_fleet
 
@@ -65,21 +62,6 @@ def assert_ledger(url: str, gateway: GatewayDouble) -> None:
     with psycopg.connect(url) as conn:
         total = conn.execute("SELECT count(*) FROM readings").fetchone()
     assert total == (len(sent),)  # 0 duplicate rows
-
-
-class ThreadWorker:
-    def __init__(self, db_url: str, mqtt_url: str) -> None:
-        self.pool = open_pool(db_url, min_size=1, max_size=2, name="mw-fault")
-        self.consumer = Consumer(mqtt_url, client_id=f"ingest-{uuid.uuid4().hex[:8]}")
-        self.worker = IngestWorker(self.pool, self.consumer)
-        self.thread = threading.Thread(target=self.worker.run, daemon=True)
-        self.thread.start()
-        assert self.consumer.connected.wait(15)
-
-    def close(self) -> None:
-        self.worker.stop()
-        self.thread.join(30)
-        self.pool.close()
 
 
 def send_stream(gateway: GatewayDouble, start: int, count: int) -> None:
