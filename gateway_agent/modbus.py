@@ -13,6 +13,8 @@ over TCP for RS-485-to-Ethernet converters in transparent mode). What this modul
 * pymodbus closes a TCP connection after `retries + 3` unanswered requests in a row; on a
   converter a dead device times out while its neighbours answer (each answer resets that
   count), so the default stays: it re-establishes a wedged connection.
+* On a local serial line the master keeps the 3.5-character silence between frames
+  (`inter_frame_silence`), which pymodbus does not.
 * The answer is checked against the request (function code, register count): a short or
   mismatched answer is an `io` failure, never words that decode into a wrong value.
 """
@@ -120,6 +122,8 @@ class PymodbusLine:
         self._lock = asyncio.Lock()  # one transaction at a time, whoever calls
         self._next_connect = 0.0
         self._connect_wait = 0.0
+        self._silence = inter_frame_silence(bus)
+        self._quiet_until = 0.0
         self.connects = 0
         self.connect_failures = 0
 
@@ -136,12 +140,18 @@ class PymodbusLine:
         async with self._lock:
             failure: ModbusError | None = None
             for _ in range(attempts):
+                if self._silence:
+                    wait = self._quiet_until - self._monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 try:
                     return await self._attempt(unit_id, function, address, count)
                 except ModbusError as exc:
                     failure = exc
                     if exc.kind == "exception":  # the device answered: asking again won't help
                         break
+                finally:
+                    self._quiet_until = self._monotonic() + self._silence
             assert failure is not None
             raise failure
 
@@ -204,6 +214,18 @@ class PymodbusLine:
         with contextlib.suppress(Exception):
             self._client.close()
         await asyncio.sleep(0)  # let the transport's connection_lost run
+
+
+def inter_frame_silence(bus: Bus) -> float:
+    """Seconds the master keeps a local RS-485 line quiet between frames: 3.5 characters, fixed
+    at 1.75 ms above 19200 baud (Modbus over Serial Line v1.02, 2.5.1.1). pymodbus sends the
+    next request as soon as an answer is complete; slow slaves then miss its first bytes. A
+    converter (`rtu-over-tcp`) keeps its own serial timing, so only `rtu` waits."""
+    if bus.transport != "rtu" or bus.serial is None:
+        return 0.0
+    s = bus.serial
+    bits = 1 + s.data_bits + (s.parity != "N") + s.stop_bits
+    return 3.5 * bits / s.baud if s.baud <= 19200 else 0.00175
 
 
 def open_line(bus: Bus) -> Line:
