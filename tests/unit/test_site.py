@@ -4,6 +4,7 @@ refusal names the file, line and field, and no mutation of a valid file raises a
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway_agent.profiles import builtin_profile
-from gateway_agent.site import InputBroker, Site, SiteError, TlsConfig, load_site, parse_site
+from gateway_agent.site import (
+    Bus,
+    ForwardConfig,
+    InputBroker,
+    OutboxConfig,
+    Site,
+    SiteError,
+    TlsConfig,
+    load_site,
+    parse_site,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "ops" / "gateway" / "site.example.toml"
@@ -434,3 +445,37 @@ def test_mutations_give_a_site_or_a_site_error(text: str) -> None:
 def test_arbitrary_text_gives_a_site_error(text: str) -> None:
     with pytest.raises(SiteError):
         parse_site(text)
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
+
+
+@pytest.mark.parametrize(
+    ("cls", "table", "anchor", "skip", "keys"),
+    [
+        (ForwardConfig, "forward", 'mqtt_url = "mqtt://127.0.0.1:1883"',
+         {"mqtt_url", "client_id", "tls"}, {}),
+        (OutboxConfig, "outbox", 'path = "outbox.sqlite"', {"path"},
+         {"budget_bytes": "budget", "thin_keep_s": "thin_keep"}),
+        (Bus, "buses[1]", 'host = "10.0.0.5"', {"name", "transport", "host", "port", "serial"},
+         {"timeout_s": "timeout", "backoff_max_s": "backoff_max"}),
+    ],
+)  # fmt: skip
+def test_every_setting_of_the_model_can_be_set(
+    cls: type, table: str, anchor: str, skip: set[str], keys: dict[str, str]
+) -> None:
+    """A field added to a config dataclass is configurable at once (or this test says why)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        assert f.default is not dataclasses.MISSING, f.name
+        key = keys.get(f.name, f.name)
+        value = not f.default if isinstance(f.default, bool) else f.default
+        site = parse_site(edit(BASE, {anchor: f"{anchor}\n{key} = {_toml(value)}"}))
+        model = {"forward": site.forward, "outbox": site.outbox, "buses[1]": site.buses["tcp1"]}
+        assert getattr(model[table], f.name) == value, f.name
