@@ -332,3 +332,24 @@ def test_health_state_machine(events: list[str], base: float, cap: float) -> Non
     assert h.reads_ok == events.count("ok")
     doc = h.to_json()
     assert json.loads(json.dumps(doc)) == doc
+
+
+def test_a_failing_sink_stops_the_poller_and_closes_the_lines() -> None:
+    """The outbox refusing a cycle is not a comm error to count and forget: run() raises."""
+    lines: list[ScriptedLine] = []
+
+    def factory(bus: Bus) -> ScriptedLine:
+        lines.append(ScriptedLine(bus))
+        return lines[-1]
+
+    async def sink(samples: list[Sample]) -> None:
+        raise OSError("disk full")
+
+    async def main() -> None:
+        poller = Poller(site(device("m1", 1)), sink, ManualClock(T0), line_factory=factory)
+        await poller.run(asyncio.Event())
+
+    with pytest.raises(OSError, match="disk full"):
+        asyncio.run(main())
+    assert lines
+    assert all(line.closed for line in lines)
