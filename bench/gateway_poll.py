@@ -119,7 +119,7 @@ def site_for(ports: list[int], devices: int, outbox_path: str) -> Site:
     )  # fmt: skip
 
 
-async def bare(ports: list[int], devices: int, seconds: float) -> float:
+async def bare(ports: list[int], devices: int, seconds: float) -> tuple[float, float]:
     from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415
 
     clients = [AsyncModbusTcpClient("127.0.0.1", port=p, timeout=2, retries=0,
@@ -141,19 +141,22 @@ async def bare(ports: list[int], devices: int, seconds: float) -> float:
 
     tasks = [asyncio.create_task(loop(c)) for c in clients]
     await asyncio.sleep(1.0)  # warm-up
-    n0, t0 = count[0], time.perf_counter()
+    n0, t0, cpu0 = count[0], time.perf_counter(), time.process_time()
     await asyncio.sleep(seconds)
     rate = (count[0] - n0) / (time.perf_counter() - t0)
+    cpu_per_block = (time.process_time() - cpu0) / (count[0] - n0)
     running[0] = False
     await asyncio.gather(*tasks)
     for c in clients:
         c.close()
-    return rate
+    return rate, cpu_per_block
 
 
-async def agent(ports: list[int], devices: int, seconds: float, outbox: bool) -> float:
+async def agent(
+    ports: list[int], devices: int, seconds: float, outbox: bool
+) -> tuple[float, float]:
     kept: list[Sample] = []
-    marks: list[tuple[float, int]] = []
+    marks: list[tuple[float, int, float]] = []
     stop = asyncio.Event()
     with tempfile.TemporaryDirectory() as tmp:
         site = site_for(ports, devices, str(Path(tmp) / "outbox.db"))
@@ -170,7 +173,7 @@ async def agent(ports: list[int], devices: int, seconds: float, outbox: bool) ->
             else:
                 kept.extend(samples)
             now = time.perf_counter()
-            marks.append((now, poller.stats.reads_ok))
+            marks.append((now, poller.stats.reads_ok, time.process_time()))
             if now - marks[0][0] >= seconds + 1.0:
                 stop.set()
 
@@ -181,12 +184,13 @@ async def agent(ports: list[int], devices: int, seconds: float, outbox: bool) ->
     if poller.stats.reads_failed:
         raise RuntimeError(f"failed reads: {poller.stats}")
     # drop the first second of cycles as warm-up
-    start = next(m for m in marks if m[0] - marks[0][0] >= 1.0)
-    return (marks[-1][1] - start[1]) / (marks[-1][0] - start[0])
+    start, end = next(m for m in marks if m[0] - marks[0][0] >= 1.0), marks[-1]
+    return (end[1] - start[1]) / (end[0] - start[0]), (end[2] - start[2]) / (end[1] - start[1])
 
 
 def measure(kind: str, args: argparse.Namespace) -> tuple[float, float]:
-    """Blocks/s of `kind` against a fresh simulator process, and this process's CPU use."""
+    """Blocks/s of `kind` against a fresh simulator process, and this process's CPU seconds
+    per block (the outbox's writer thread included) over the same window."""
     cmd = [sys.executable, __file__, "--serve", "--buses", str(args.buses),
            "--devices", str(args.devices)]  # fmt: skip
     with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
@@ -194,13 +198,10 @@ def measure(kind: str, args: argparse.Namespace) -> tuple[float, float]:
         assert proc.stdin is not None
         ports = [int(p) for p in proc.stdout.readline().split()]
         args.simulator_core = proc.stdout.readline().strip()
-        me = psutil.Process()
-        cpu0, wall0 = sum(me.cpu_times()[:2]), time.perf_counter()
         if kind == "bare":
-            rate = asyncio.run(bare(ports, args.devices, args.seconds))
+            rate, cpu = asyncio.run(bare(ports, args.devices, args.seconds))
         else:
-            rate = asyncio.run(agent(ports, args.devices, args.seconds, kind == "outbox"))
-        cpu = (sum(me.cpu_times()[:2]) - cpu0) / (time.perf_counter() - wall0)
+            rate, cpu = asyncio.run(agent(ports, args.devices, args.seconds, kind == "outbox"))
         proc.stdin.close()
         proc.wait(timeout=30)
     return rate, cpu
@@ -221,21 +222,31 @@ def main() -> None:
     where = pin(0)
     kinds = ("bare", "list", "outbox")
     results: dict[str, list[float]] = {k: [] for k in kinds}
+    cpus: dict[str, list[float]] = {k: [] for k in kinds}
     for n in range(args.rounds):
         for kind in kinds:
             rate, cpu = measure(kind, args)
             results[kind].append(rate)
-            print(f"round {n + 1} {kind:6}: {rate:8.0f} blocks/s  (client CPU {cpu:.0%})")
+            cpus[kind].append(cpu)
+            print(f"round {n + 1} {kind:6}: {rate:8.0f} blocks/s  "
+                  f"(client CPU {cpu * 1e6:5.1f} us per block)")  # fmt: skip
     bare_rate = statistics.median(results["bare"])
+    bare_cpu = statistics.median(cpus["bare"])
     print(
         f"\nclient {where}; simulators {args.simulator_core}; {args.buses} connections x "
         f"{args.devices} SDM630, 5 blocks each; {args.seconds} s x {args.rounds} rounds"
     )
-    print(f"bare pymodbus loop:             {bare_rate:8.0f} blocks/s")
+    us, per_core = bare_cpu * 1e6, 1 / bare_cpu
+    print(f"{'bare pymodbus loop:':31} {bare_rate:8.0f} blocks/s  "
+          f"{us:5.1f} us CPU per block = {per_core:7.0f} blocks per core-second")  # fmt: skip
     for kind, label in (("list", "poller, list sink:"), ("outbox", "poller, SQLite outbox sink:")):
         rate = statistics.median(results[kind])
-        print(f"{label:31} {rate:8.0f} blocks/s  ratio {rate / bare_rate:.2f} "
-              f"(goals: >= 0.70 of bare, >= 2,000 blocks/s)")  # fmt: skip
+        cpu = statistics.median(cpus[kind])
+        print(f"{label:31} {rate:8.0f} blocks/s  {cpu * 1e6:5.1f} us CPU per block = "
+              f"{1 / cpu:7.0f} blocks per core-second")  # fmt: skip
+        goals = "goals: >= 0.70 of bare, >= 2,000 blocks/s on one core"
+        print(f"{'':31} ratio to bare: throughput {rate / bare_rate:.2f}, per core-second "
+              f"{bare_cpu / cpu:.2f} ({goals})")  # fmt: skip
 
 
 if __name__ == "__main__":

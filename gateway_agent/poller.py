@@ -17,6 +17,11 @@ and its retries (`Bus.retries`) apply only while it is healthy, so a dead device
 one timeout per cycle and its bus neighbours keep their pace. Devices that are backed off still
 yield `comm_error` samples for their due channels, so a gap is always explicit.
 
+Delivery. The sink gets each cycle in one call, in order; it runs while the next cycle polls
+(at most one delivery in flight), so a slow sink (an fsync'd outbox transaction) does not
+delay the ticks. An error from the sink ends `run` with that error: the outbox refusing
+readings must not go unnoticed.
+
 Shutdown. When `stop` is set the current cycle is finished and delivered, then `run` returns.
 
 Timestamps are the clock's time when each read is sent (aware UTC datetimes).
@@ -130,7 +135,8 @@ class Poller:
         self._lines: dict[str, Line] = {}
         self.stats = PollerStats()
         self.health: dict[str, DeviceHealth] = {}
-        self.last_cycle_s = 0.0  # wall seconds the last cycle took
+        self.last_cycle_s = 0.0  # wall seconds the last cycle's reads took
+        self._delivery: asyncio.Future[None] | None = None
         self._by_bus: dict[str, list[_DeviceState]] = {}
         for device in site.devices:
             if device.bus not in site.buses:
@@ -150,10 +156,13 @@ class Poller:
     # --- scheduling ------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Poll on the intervals' ticks until `stop` is set; the cycle under way is finished."""
+        """Poll on the intervals' ticks until `stop` is set; the cycle under way is finished
+        and delivered. A sink error ends the run with that error."""
+        finished = False
         try:
             if not self.intervals:
                 await stop.wait()
+                finished = True
                 return
             now = self.clock.now()
             next_k = {iv: math.ceil((now - _EPS) / iv) for iv in self.intervals}
@@ -163,10 +172,18 @@ class Poller:
                 if wait > 0 and await self._sleep_or_stop(wait, stop):
                     break
                 due = frozenset(iv for iv, k in next_k.items() if k * iv <= tick + _EPS)
-                await self.cycle(due)
+                await self._deliver(await self._poll(due))
                 self._advance(next_k, due, self.clock.now())
+            finished = True
         finally:
-            await self.close()
+            try:
+                if finished:
+                    await self.flush()
+                elif self._delivery is not None:  # cancelled or failed: do not wait on it
+                    self._delivery.cancel()
+                    self._delivery = None
+            finally:
+                await self.close()
 
     def _advance(self, next_k: dict[float, int], due: frozenset[float], now: float) -> None:
         """Move each interval to its next tick; ticks already past are skipped and counted."""
@@ -201,12 +218,15 @@ class Poller:
     # --- one cycle -------------------------------------------------------------------------
 
     async def cycle(self, due: Iterable[float] | None = None) -> None:
-        """Poll every read due at the intervals `due` (default: all), deliver them in one
-        sink call."""
-        due_set = frozenset(self.intervals if due is None else due)
+        """Poll every read due at the intervals `due` (default: all) and deliver them in one
+        sink call; returns once the sink has taken them."""
+        await self._deliver(await self._poll(frozenset(self.intervals if due is None else due)))
+        await self.flush()
+
+    async def _poll(self, due: frozenset[float]) -> list[Sample]:
         started = time.perf_counter()
         work = [
-            (name, [(s, reads) for s in states if (reads := s.reads(due_set))])
+            (name, [(s, reads) for s in states if (reads := s.reads(due))])
             for name, states in self._by_bus.items()
         ]
         results = await asyncio.gather(*(self._poll_bus(name, jobs) for name, jobs in work if jobs))
@@ -214,7 +234,20 @@ class Poller:
         self.stats.cycles += 1
         self.stats.samples += len(samples)
         self.last_cycle_s = time.perf_counter() - started
-        await self._sink(samples)
+        return samples
+
+    async def _deliver(self, samples: list[Sample]) -> None:
+        """Hand a cycle to the sink without holding up the next one: the sink (the outbox's
+        fsync'd transaction) runs while the next cycle polls. At most one delivery is in
+        flight, so cycles reach the sink in order and memory stays bounded."""
+        await self.flush()
+        self._delivery = asyncio.ensure_future(self._sink(samples))
+
+    async def flush(self) -> None:
+        """Wait until the last cycle is delivered; raises the sink's error, if any."""
+        delivery, self._delivery = self._delivery, None
+        if delivery is not None:
+            await delivery
 
     def _line(self, bus: str) -> Line:
         line = self._lines.get(bus)

@@ -72,6 +72,7 @@ def assert_values(samples: list[Sample], meters: set[str]) -> None:
         assert s.value == register_value(spec, VALUES.get(s.channel, 0.0)), s
 
 
+@pytest.mark.slow
 def test_dead_device_on_a_serial_bus_costs_one_timeout_per_cycle_and_backs_off() -> None:
     timeout_s = 0.25
     line = SerialLine(19200, "N", 1)

@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway_agent.modbus import ModbusError, PymodbusLine, inter_frame_silence
+from gateway_agent.modbus import (
+    Line,
+    MbapLine,
+    ModbusError,
+    PymodbusLine,
+    inter_frame_silence,
+    open_line,
+)
 from gateway_agent.profiles import builtin_profile, builtin_profiles
 from gateway_agent.site import Bus, SerialPort, Transport
 from simulators.modbus import (
@@ -48,7 +55,7 @@ def fleet(faults: Mapping[str, Fault] | None = None) -> dict[int, SimulatedDevic
     return out
 
 
-async def read_goldens(line: PymodbusLine) -> int:
+async def read_goldens(line: Line) -> int:
     checked = 0
     for pid, unit in UNITS.items():
         p = builtin_profile(pid)
@@ -65,10 +72,16 @@ async def read_goldens(line: PymodbusLine) -> int:
 def test_golden_words_over_tcp_rtu_over_tcp_and_rtu_pty() -> None:
     async def scenario() -> list[int]:
         counts = []
-        cases: list[tuple[Framing, Transport]] = [("mbap", "tcp"), ("rtu", "rtu-over-tcp")]
-        for framing, transport in cases:
+        cases: list[tuple[Framing, Transport, type[Line]]] = [
+            ("mbap", "tcp", MbapLine),
+            ("mbap", "tcp", PymodbusLine),
+            ("rtu", "rtu-over-tcp", PymodbusLine),
+        ]
+        for framing, transport, kind in cases:
             async with ModbusTcpEndpoint(fleet(), framing=framing) as endpoint:
-                line = PymodbusLine(Bus("b", transport, host="127.0.0.1", port=endpoint.port))
+                bus = Bus("b", transport, host="127.0.0.1", port=endpoint.port)
+                line = kind(bus)  # type: ignore[call-arg]
+                assert type(open_line(bus)) is (MbapLine if transport == "tcp" else PymodbusLine)
                 try:
                     counts.append(await read_goldens(line))
                 finally:
@@ -83,17 +96,18 @@ def test_golden_words_over_tcp_rtu_over_tcp_and_rtu_pty() -> None:
 
     counts = asyncio.run(scenario())
     assert counts[0] > 10
-    assert counts == [counts[0]] * 3
+    assert counts == [counts[0]] * 4
 
 
-def test_one_error_type_and_retries_only_for_silence() -> None:
+@pytest.mark.parametrize("kind", [MbapLine, PymodbusLine])
+def test_one_error_type_and_retries_only_for_silence(kind: type[Line]) -> None:
     timeout = 0.15
 
     async def scenario() -> None:
         async with ModbusTcpEndpoint(fleet({"eastron_sdm120": "busy"})) as endpoint:
             bus = Bus("b", "tcp", host="127.0.0.1", port=endpoint.port, timeout_s=timeout,
                       retries=2)  # fmt: skip
-            line = PymodbusLine(bus)
+            line = kind(bus)  # type: ignore[call-arg]
             try:
                 started = time.perf_counter()
                 with pytest.raises(ModbusError) as silent:
@@ -124,12 +138,14 @@ def test_one_error_type_and_retries_only_for_silence() -> None:
     asyncio.run(scenario())
 
 
-def test_a_refused_converter_costs_one_connect_attempt_per_wait() -> None:
+@pytest.mark.parametrize("kind", [MbapLine, PymodbusLine])
+def test_a_refused_converter_costs_one_connect_attempt_per_wait(kind: type[Line]) -> None:
     async def scenario() -> None:
         endpoint = ModbusTcpEndpoint(fleet())
         _, port = await endpoint.start()
         await endpoint.stop()  # the port is now closed
-        line = PymodbusLine(Bus("b", "tcp", host="127.0.0.1", port=port, timeout_s=0.3))
+        line = kind(Bus("b", "tcp", host="127.0.0.1", port=port, timeout_s=0.3))  # type: ignore[call-arg]
+        assert isinstance(line, MbapLine | PymodbusLine)
         try:
             for _ in range(5):
                 with pytest.raises(ModbusError) as refused:
@@ -157,3 +173,36 @@ def test_inter_frame_silence() -> None:
     assert inter_frame_silence(rtu(115200, "N", 2)) == pytest.approx(0.00175)
     assert inter_frame_silence(Bus("b", "rtu-over-tcp", host="h", port=1)) == 0.0
     assert inter_frame_silence(Bus("b", "tcp", host="h", port=1)) == 0.0
+
+
+def test_mbap_line_drops_late_answers_and_reconnects_a_silent_socket() -> None:
+    """A slow device's answer arrives after its timeout, during the next request: it is
+    dropped by transaction id, and the next answer is the right one. Requests that nobody
+    answers, MAX_SILENT in a row, make the line open a new connection."""
+
+    async def scenario() -> None:
+        devices = fleet({"tuf2000m": ("slow", 0.3)})
+        async with ModbusTcpEndpoint(devices) as endpoint:
+            line = MbapLine(Bus("b", "tcp", host="127.0.0.1", port=endpoint.port, timeout_s=0.15))
+            try:
+                with pytest.raises(ModbusError) as slow:
+                    await line.read(UNITS["tuf2000m"], 3, 0, 2)
+                assert slow.value.kind == "timeout"
+                sdm = builtin_profile("eastron_sdm630")
+                golden = next(g for g in sdm.golden if g.channel == "voltage_l1_v")
+                await asyncio.sleep(0.1)  # the late answer is on its way
+                for _ in range(3):
+                    words = await line.read(UNITS["eastron_sdm630"], 4, 0, 2)
+                    assert words == golden.registers
+                    await asyncio.sleep(0.05)
+                assert line.stale_answers == 1
+                assert line.connects == 1
+                for _ in range(MbapLine.MAX_SILENT):
+                    with pytest.raises(ModbusError):
+                        await line.read(201, 4, 0, 2)  # nobody answers unit 201
+                assert await line.read(UNITS["eastron_sdm630"], 4, 0, 2) == golden.registers
+                assert line.connects == 2  # a fresh connection after the silent streak
+            finally:
+                await line.close()
+
+    asyncio.run(scenario())
