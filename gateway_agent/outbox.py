@@ -263,13 +263,17 @@ class Outbox:
             need = int(self._row_bytes * len(samples))
             keep: Sequence[Sample] = samples
             rejected = thinned = overwritten = 0
-            if self._used_bytes() + need > self.capacity_bytes:
+            before = self._used_bytes()
+            if before + need > self.capacity_bytes:
                 keep, thinned, overwritten = self._make_room(samples, need)
                 rejected = len(samples) - len(keep)
+                before = self._used_bytes()
             if not keep:
                 self._after_write()
                 return AppendOutcome(0, rejected, thinned, overwritten)
             first = self._max_seq + 1
+            # A cycle shares one timestamp (or a few): convert each distinct one once.
+            micros: dict[dt.datetime, int] = {}
             boot_no = self._boot_no
             rows = [
                 (
@@ -278,7 +282,7 @@ class Outbox:
                     1 if s.cumulative else 0,
                     s.meter_id,
                     s.channel,
-                    _micros(s.ts),
+                    micros.get(s.ts) or micros.setdefault(s.ts, _micros(s.ts)),
                     s.value,
                     s.unit,
                     None if s.quality == "good" else s.quality,
@@ -286,7 +290,6 @@ class Outbox:
                 )
                 for i, s in enumerate(keep)
             ]
-            before = self._used_bytes()
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
