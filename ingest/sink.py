@@ -1,10 +1,13 @@
 """Write parsed messages to PostgreSQL in one transaction: readings, dead letters, accounting.
 
-The readings path is the one DESIGN.md prescribes: binary COPY into a session-local staging
-table, then one `INSERT ... SELECT ... ON CONFLICT` into `readings`, so a redelivered batch is a
-no-op and the duplicate count falls out of the row count. Gateway progress and sequence
-ranges are written in the same transaction, committed with synchronous commit, before anyone
-acks anything.
+The readings path: one binary COPY of the whole flush straight into `readings`, inside a
+savepoint. The unique index `(meter_id, channel, ts)` makes that COPY fail on any key stored
+already; only then does the flush take the path DESIGN.md describes, binary COPY into a
+session-local staging table and `INSERT ... SELECT ... ON CONFLICT DO NOTHING`, so a
+redelivered batch is a no-op and the duplicate count falls out of the row count. In steady
+state (no redeliveries) a flush costs the store what a raw COPY costs it. Gateway progress and
+sequence ranges are written in the same transaction, committed with synchronous commit, before
+anyone acks anything.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from ingest.accounting import SeqRange, merge_ranges
+from ingest.copybin import COPY_COLUMNS, CopyEncoder
 from ingest.parse import (
-    STAGING_COLUMNS,
     DeadLetter,
     GatewayEntry,
     MeterEntry,
@@ -29,40 +32,32 @@ from ingest.parse import (
     Registry,
 )
 
-STAGING_TYPES: Final = (
-    "int8",
-    "text",
-    "timestamptz",
-    "float8",
-    "text",
-    "text",
-    "int8",
-    "uuid",
-    "int8",
-)
-_COLUMNS: Final = ", ".join(STAGING_COLUMNS)
+_COLUMNS: Final = ", ".join(COPY_COLUMNS)
+_COPY_READINGS: Final = f"COPY readings ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGING: Final = f"COPY mw_staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 # ON COMMIT DELETE ROWS: the table lives as long as the pooled session, its rows one
-# transaction; no CREATE/DROP per batch.
+# transaction; no CREATE/DROP per batch. Columns in `COPY_COLUMNS` order, so the buffer that
+# failed to go straight into `readings` can be sent here unchanged.
 _CREATE_STAGING: Final = """
 CREATE TEMP TABLE IF NOT EXISTS mw_staging (
-    meter_id bigint, channel text, ts timestamptz, value double precision, quality text,
-    source text, gateway_id bigint, boot_id uuid, seq bigint
+    meter_id bigint, ts timestamptz, seq bigint, value double precision, channel text,
+    quality text, source text, gateway_id bigint, boot_id uuid
 ) ON COMMIT DELETE ROWS
 """
 
-# Inserts run optimistically without a conflict clause: on a TimescaleDB hypertable
-# `ON CONFLICT` costs ~45% of the insert rate (bench/ingest_sink.py), and conflicts only
-# happen when a batch is delivered again. A unique violation rolls back to a savepoint and
-# the flush is redone with `ON CONFLICT DO NOTHING`; the unique index is what guarantees
-# exactly-once either way.
-_SELECT_STAGED: Final = """
-SELECT meter_id, channel, ts, value, quality::reading_quality, source::reading_source,
-       gateway_id, boot_id, seq
+# The redelivery path. `ON CONFLICT` runs only after the optimistic COPY met a unique
+# violation: on a TimescaleDB hypertable it alone costs ~45% of the insert rate
+# (bench/ingest_sink.py), and conflicts only happen when a batch is delivered again. The
+# unique index is what guarantees exactly-once either way.
+_INSERT_NEW_ONLY: Final = """
+INSERT INTO readings
+    (meter_id, ts, seq, value, channel, quality, source, gateway_id, boot_id)
+SELECT meter_id, ts, seq, value, channel, quality::reading_quality, source::reading_source,
+       gateway_id, boot_id
 FROM mw_staging
+ON CONFLICT (meter_id, channel, ts) DO NOTHING
 """
-_INSERT: Final = f"INSERT INTO readings ({_COLUMNS}) {_SELECT_STAGED}"
-_INSERT_NEW_ONLY: Final = f"{_INSERT} ON CONFLICT (meter_id, channel, ts) DO NOTHING"
 # A stored clock_suspect value gives way to a trusted one for the same key; nothing else is
 # ever overwritten. Runs only after conflicts, so the join costs nothing in steady state.
 _REPLACE_SUSPECT: Final = """
@@ -144,6 +139,7 @@ class Sink:
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
+        self._encoder = CopyEncoder()
 
     def write(
         self, messages: Sequence[Parsed], *, before_commit: Callable[[], None] | None = None
@@ -163,23 +159,24 @@ class Sink:
                 before_commit()
         return WriteResult(staged=staged, stored=stored, dead_letters=len(dead))
 
-    @staticmethod
     def _write_readings(
-        conn: psycopg.Connection[tuple[object, ...]], messages: Sequence[Parsed]
+        self, conn: psycopg.Connection[tuple[object, ...]], messages: Sequence[Parsed]
     ) -> int:
-        conn.execute(_CREATE_STAGING)
+        data = self._encoder.encode(row for message in messages for row in message.rows)
         with conn.cursor() as cur:
-            with cur.copy(f"COPY mw_staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(STAGING_TYPES)
-                for message in messages:
-                    for row in message.rows:
-                        copy.write_row(row)
+            # Optimistic: the flush goes straight into `readings` with one COPY, as fast as
+            # the store takes rows at all. A key stored already (a redelivery, or one key
+            # twice in this flush) fails it with a unique violation; back to the savepoint,
+            # and the same bytes go through staging with `ON CONFLICT DO NOTHING` instead.
             try:
-                with conn.transaction():  # a savepoint
-                    cur.execute(_INSERT)
-                    return max(cur.rowcount, 0)
+                with conn.transaction(), cur.copy(_COPY_READINGS) as copy:  # a savepoint
+                    copy.write(data)
+                return max(cur.rowcount, 0)
             except psycopg.errors.UniqueViolation:
-                pass  # some readings are stored already: a redelivery
+                pass
+            cur.execute(_CREATE_STAGING)
+            with cur.copy(_COPY_STAGING) as copy:
+                copy.write(data)
             cur.execute(_INSERT_NEW_ONLY)
             inserted = max(cur.rowcount, 0)
             cur.execute(_REPLACE_SUSPECT)
