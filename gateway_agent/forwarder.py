@@ -31,7 +31,7 @@ import logging
 import random
 import ssl
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import urlsplit
@@ -42,7 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from contracts.topics import ack_topic, backfill_topic, readings_topic, status_topic
-from contracts.wire import SCHEMA_VERSION, Batch, ContractError, decode_ack, encode
+from contracts.wire import SCHEMA_VERSION, Batch, ContractError, Reason, decode_ack, encode
 from gateway_agent.clock import Clock, SystemClock
 from gateway_agent.outbox import Outbox, OutboxRow
 from gateway_agent.site import ForwardConfig, TlsConfig
@@ -53,6 +53,9 @@ TICK_S: Final = 0.05  # real seconds between looks at the outbox and the timers
 BACKOFF_MIN_S: Final = 0.5
 BACKOFF_MAX_S: Final = 30.0
 CONNECT_TIMEOUT_S: Final = 10.0
+# A PUBACK may be slow while the broker writes a persistence snapshot (seconds for a large
+# one); giving up early would only reconnect and resend. A dead link is found by keepalive.
+PUBLISH_TIMEOUT_MIN_S: Final = 30.0
 STOP_GRACE_S: Final = 2.0  # how long a stop waits for the goodbye status before cancelling
 
 Kind = Literal["live", "backfill"]
@@ -132,7 +135,9 @@ class Forwarder:
         self._topics = {"live": readings_topic(gateway_id), "backfill": backfill_topic(gateway_id)}
         self._ack_topic = ack_topic(gateway_id)
         self._status_topic = status_topic(gateway_id)
+        self._publish_timeout = max(PUBLISH_TIMEOUT_MIN_S, 2.0 * config.keepalive_s)
         self._wake = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None  # the ack listener of the connection
         self._inflight: dict[tuple[uuid.UUID, int], _InFlight] = {}
         n = config.max_inflight_batches
         # Live always has a share of the window; the backlog gets the rest.
@@ -281,9 +286,9 @@ class Forwarder:
             "first" if self._connects == 1 else f"reconnect {self._connects - 1}",
             self._backlog_upto,
         )
-        await self._publish_status(client, "online")
-        listener = asyncio.create_task(self._listen(client))
+        listener = self._listener = asyncio.create_task(self._listen(client))
         try:
+            await self._publish_status(client, "online")
             while not stop.is_set():
                 if listener.done():
                     listener.result()  # re-raise what ended it
@@ -294,6 +299,7 @@ class Forwarder:
                     await asyncio.wait_for(self._wake.wait(), TICK_S)
             await self._publish_status(client, "offline")
         finally:
+            self._listener = None
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await listener
@@ -317,9 +323,11 @@ class Forwarder:
             if not message.topic.matches(self._ack_topic):
                 continue
             payload = message.payload
-            raw = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload)
+            data = payload.encode() if isinstance(payload, str) else payload
             try:
-                ack = decode_ack(raw.encode() if isinstance(raw, str) else raw)
+                if not isinstance(data, bytes | bytearray):
+                    raise ContractError(Reason.INVALID_JSON, f"payload {type(data).__name__}")
+                ack = decode_ack(bytes(data))
             except ContractError as exc:
                 self._acks_malformed += 1
                 log.warning("ignored a malformed ack (%s)", exc.reason)
@@ -454,7 +462,9 @@ class Forwarder:
         # Registered before the publish: an ack may overtake the PUBACK.
         self._inflight[(boot_id, first)] = _InFlight(boot_id, first, last, len(readings), now)
         self._inflight_peak = max(self._inflight_peak, len(self._inflight))
-        await client.publish(self._topics[kind], payload, qos=1)
+        await self._guarded(
+            client.publish(self._topics[kind], payload, qos=1, timeout=self._publish_timeout)
+        )
         if not resend:
             self._batches[kind] += 1
             self._readings[kind] += len(readings)
@@ -466,4 +476,28 @@ class Forwarder:
             "ts": dt.datetime.fromtimestamp(self._clock.now(), dt.UTC),
             **self._status(),
         }
-        await client.publish(self._status_topic, _json.encode(body), qos=1, retain=True)
+        await self._guarded(
+            client.publish(
+                self._status_topic,
+                _json.encode(body),
+                qos=1,
+                retain=True,
+                timeout=self._publish_timeout,
+            )
+        )
+
+    async def _guarded(self, call: Coroutine[object, object, None]) -> None:
+        """Await a publish, but give up as soon as the connection is lost: aiomqtt leaves a
+        pending publish waiting for its timeout when the link drops."""
+        listener = self._listener
+        if listener is None:
+            await call
+            return
+        task = asyncio.ensure_future(call)
+        await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
+            raise aiomqtt.MqttError("connection lost while publishing")
+        task.result()

@@ -137,6 +137,7 @@ class OutboxStats:
     warnings_total: int
     warning_levels: tuple[float, ...]  # fill levels currently reached (0.8, 0.95)
     policy_actions_total: int
+    last_policy_action_at: float | None  # unix seconds (the outbox's clock)
 
 
 class Outbox:
@@ -173,12 +174,10 @@ class Outbox:
         self.overwritten_total = 0
         self.warnings_total = 0
         self.policy_actions_total = 0
-        self._base_bytes = 0
+        self.last_policy_action_at: float | None = None
         with self._lock:
             self._rows = int(self._conn.execute("SELECT count(*) FROM readings").fetchone()[0])
-            if self._rows == 0:
-                self._base_bytes = self._used_bytes()
-            self._alarm.update(self._fill())
+            self._check_fill()  # a reopened outbox that is already filling up says so
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -237,6 +236,9 @@ class Outbox:
 
     def _after_write(self) -> None:
         self._bound_wal()
+        self._check_fill()
+
+    def _check_fill(self) -> None:
         fill = self._fill()
         for level in self._alarm.update(fill):
             self.warnings_total += 1
@@ -321,7 +323,7 @@ class Outbox:
             refused = len(samples) - len(keep)
             if refused:
                 self.rejected_total += refused
-                self.policy_actions_total += 1
+                self._policy_acted()
                 log.warning(
                     "outbox full: policy reject_new refused %d instantaneous readings", refused
                 )
@@ -337,7 +339,7 @@ class Outbox:
         if keep and self._used_bytes() + need > self.capacity_bytes:
             # Nothing left to give up: refuse the cycle, loudly.
             self.rejected_total += len(keep)
-            self.policy_actions_total += 1
+            self._policy_acted()
             log.error(
                 "outbox exhausted: %d bytes used of %d after thinning and %s; refused %d"
                 " readings of this cycle",
@@ -348,6 +350,10 @@ class Outbox:
             )
             keep = []
         return keep, thinned, overwritten
+
+    def _policy_acted(self) -> None:
+        self.policy_actions_total += 1
+        self.last_policy_action_at = self._clock.now()
 
     def _delete(self, seqs: Sequence[int]) -> int:
         c = self._conn
@@ -387,7 +393,7 @@ class Outbox:
                 total += deleted
         if total:
             self.thinned_total += total
-            self.policy_actions_total += 1
+            self._policy_acted()
             log.warning(
                 "outbox full: thinned %d counter readings (one per series per %.0f s kept)",
                 total,
@@ -414,7 +420,7 @@ class Outbox:
             total += self._delete(seqs)
         if total:
             self.overwritten_total += total
-            self.policy_actions_total += 1
+            self._policy_acted()
             log.warning(
                 "outbox full: policy %s deleted the %d oldest instantaneous readings%s",
                 self.config.instant_policy,
@@ -517,6 +523,7 @@ class Outbox:
                 warnings_total=self.warnings_total,
                 warning_levels=self._alarm.active(fill),
                 policy_actions_total=self.policy_actions_total,
+                last_policy_action_at=self.last_policy_action_at,
             )
 
     def close(self) -> None:

@@ -17,10 +17,11 @@ from contracts.topics import status_topic
 from gateway_agent.forwarder import Forwarder
 from gateway_agent.outbox import Outbox
 from gateway_agent.sample import Sample
-from gateway_agent.site import ForwardConfig, OutboxConfig
+from gateway_agent.site import ForwardConfig, OutboxConfig, TlsConfig
 from tests.support.acker import FakeIngest
 from tests.support.mqtt import Collector, client
 from tests.support.proxy import TcpProxy
+from tests.support.tls import TlsBroker, make_pki
 
 pytestmark = pytest.mark.integration
 
@@ -330,3 +331,49 @@ def test_last_will_on_unclean_drop_and_goodbye_on_stop(
     finally:
         statuses.close()
         proxy.stop()
+
+
+def test_tls_with_client_certificate(tmp_path: Path, gateway_id: str, outbox: Outbox) -> None:
+    state = tmp_path / "broker"
+    state.mkdir()
+    pki = make_pki(state / "pki")
+    broker = TlsBroker(state, pki)
+    broker.start()
+    try:
+        ingest = FakeIngest(broker.url, gateway_id)
+        tls = TlsConfig(
+            ca_file=str(pki.ca), cert_file=str(pki.client_cert), key_file=str(pki.client_key)
+        )
+        fwd = Forwarder(
+            forward_config(broker.tls_url, gateway_id, tls=tls), outbox, gateway_id=gateway_id
+        )
+        # Without a client certificate the broker refuses the handshake; the forwarder keeps
+        # trying and never crashes.
+        anonymous = Forwarder(
+            forward_config(
+                broker.tls_url,
+                f"{gateway_id}-anon",
+                tls=TlsConfig(ca_file=str(pki.ca)),
+            ),
+            outbox,
+            gateway_id=f"{gateway_id}-anon",
+        )
+
+        async def body() -> None:
+            stop = asyncio.Event()
+            other = asyncio.create_task(anonymous.run(stop))
+            await asyncio.to_thread(outbox.append, cycle(0))
+            fwd.notify()
+            await until(lambda: outbox.rows() == 0)
+            assert not anonymous.stats().connected
+            assert anonymous.stats().connects == 0
+            stop.set()
+            await asyncio.wait_for(other, 5)
+
+        try:
+            asyncio.run(running(fwd, body))
+        finally:
+            ingest.close()
+        assert ingest.acked == set(range(1, 11))
+    finally:
+        broker.kill()
