@@ -72,7 +72,7 @@ class CopyEncoder:
         self._texts: dict[str, bytes] = {}
         self._micros: dict[dt.datetime, int] = {}
 
-    def encode(self, rows: Iterable[Row]) -> bytearray:
+    def encode(self, rows: Iterable[Row]) -> bytes:
         """The complete COPY data, signature and trailer included."""
         out = bytearray(SIGNATURE)
         texts = self._texts
@@ -112,7 +112,7 @@ class CopyEncoder:
             out += qual
             out += tail
         out += TRAILER
-        return out
+        return bytes(out)
 
     def _cached_text(self, value: str) -> bytes:
         data = self._texts.get(value)

@@ -9,10 +9,12 @@ sends no PUBACK, so the broker stops delivering at `receive_maximum` and memory 
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -25,13 +27,35 @@ from contracts.wire import DEFAULT_BOUNDS, Bounds, Reason
 from ingest.consumer import Consumer, Incoming
 from ingest.mappings import MeterMapping, topic_matches
 from ingest.parse import DEFAULT_SKEW_LIMIT, Parsed, Registry, parse, parse_mapped
-from ingest.sink import Sink, WriteResult, check_durability, load_registry
+from ingest.sink import PreparedFlush, Sink, WriteResult, check_durability, load_registry
 
 log = structlog.get_logger("meterward.ingest")
 T = TypeVar("T")
 
 REGISTRY_MISS_REASONS = frozenset({Reason.UNKNOWN_GATEWAY, Reason.UNKNOWN_METER,
                                    Reason.METER_OTHER_PROJECT})  # fmt: skip
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while a flush is parsed and encoded.
+
+    A flush allocates one tracked tuple per reading (tens of thousands), all alive until the
+    flush is written. With the collector on, they trigger a young collection every 700
+    allocations and, as they pile up, full collections of the whole heap: measured, that
+    doubled parse time (2.0 against 0.7 µs a reading with the worker's imports loaded). The
+    pause is bounded by one flush, which creates no reference cycles of its own; the next
+    allocation after it runs one young collection over what the flush made. Left alone when
+    something else has disabled the collector.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +182,10 @@ class IngestWorker:
     def _process(self, batch: list[Incoming]) -> None:
         started = time.monotonic()
         self.metrics.in_hand.set(len(batch))
-        parsed = self._parse(batch)
-        result = self._write_until_done(parsed)
+        with collector_paused():
+            parsed = self._parse(batch)
+            prepared = self.sink.prepare(parsed)
+        result = self._write_until_done(prepared)
         if result is None:
             return  # stopped while the database was away: nothing acked, the broker redelivers
         committed = time.monotonic()
@@ -212,9 +238,11 @@ class IngestWorker:
         with self.pool.connection() as conn:
             return load_registry(conn)
 
-    def _write_until_done(self, parsed: list[Parsed]) -> WriteResult | None:
+    def _write_until_done(self, prepared: PreparedFlush) -> WriteResult | None:
         return self._retry(
-            lambda: self.sink.write(parsed, before_commit=lambda: self._fault("before_commit"))
+            lambda: self.sink.write_prepared(
+                prepared, before_commit=lambda: self._fault("before_commit")
+            )
         )
 
     def _fault(self, point: str) -> None:

@@ -100,6 +100,17 @@ class WriteResult:
         return self.staged - self.stored
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedFlush:
+    """A flush ready for the database: its messages, their rows as binary COPY data (None
+    when there are none), and their dead letters."""
+
+    messages: Sequence[Parsed]
+    staged: int
+    copy_data: bytes | None
+    dead: list[DeadLetter]
+
+
 class DurabilityError(RuntimeError):
     """The server would acknowledge commits it could lose."""
 
@@ -141,28 +152,40 @@ class Sink:
         self._pool = pool
         self._encoder = CopyEncoder()
 
+    def prepare(self, messages: Sequence[Parsed]) -> PreparedFlush:
+        """Everything a flush needs that does not need the database: the COPY data above all.
+
+        Separate from `write` so that the worker can do it outside the transaction (and with
+        the cyclic garbage collector paused, see ingest.service)."""
+        staged = sum(len(m.rows) for m in messages)
+        data = self._encoder.encode(r for m in messages for r in m.rows) if staged else None
+        dead = [d for m in messages for d in m.dead]
+        return PreparedFlush(messages, staged, data, dead)
+
     def write(
         self, messages: Sequence[Parsed], *, before_commit: Callable[[], None] | None = None
     ) -> WriteResult:
         """One transaction; `before_commit` runs inside it, last (a fault-injection point)."""
-        staged = sum(len(m.rows) for m in messages)
-        dead = [d for m in messages for d in m.dead]
+        return self.write_prepared(self.prepare(messages), before_commit=before_commit)
+
+    def write_prepared(
+        self, flush: PreparedFlush, *, before_commit: Callable[[], None] | None = None
+    ) -> WriteResult:
+        """`write`, for a flush `prepare`d already (it can be written again after a failure)."""
         with self._pool.connection() as conn, conn.transaction():
             # Per transaction, whatever the role's default: the ack that follows the commit
             # must not outrun the WAL flush.
             conn.execute("SET LOCAL synchronous_commit = on")
-            stored = self._write_readings(conn, messages) if staged else 0
-            if dead:
-                self._write_dead(conn, dead)
-            self._write_progress(conn, messages)
+            stored = self._write_readings(conn, flush.copy_data) if flush.copy_data else 0
+            if flush.dead:
+                self._write_dead(conn, flush.dead)
+            self._write_progress(conn, flush.messages)
             if before_commit is not None:
                 before_commit()
-        return WriteResult(staged=staged, stored=stored, dead_letters=len(dead))
+        return WriteResult(staged=flush.staged, stored=stored, dead_letters=len(flush.dead))
 
-    def _write_readings(
-        self, conn: psycopg.Connection[tuple[object, ...]], messages: Sequence[Parsed]
-    ) -> int:
-        data = self._encoder.encode(row for message in messages for row in message.rows)
+    @staticmethod
+    def _write_readings(conn: psycopg.Connection[tuple[object, ...]], data: bytes) -> int:
         with conn.cursor() as cur:
             # Optimistic: the flush goes straight into `readings` with one COPY, as fast as
             # the store takes rows at all. A key stored already (a redelivery, or one key
