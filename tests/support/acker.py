@@ -44,8 +44,15 @@ class FakeIngest:
         self._client.on_message = self._on_message
         subscribed = threading.Event()
         self._client.on_subscribe = lambda *a: subscribed.set()
-        self._client.subscribe([(readings_topic(gateway_id), 1), (backfill_topic(gateway_id), 1)])
+        # Subscribe again after every reconnect (a killed broker may have lost the session).
+        self._client.on_connect = lambda *a: self._subscribe()
+        self._subscribe()
         assert subscribed.wait(10), "fake ingest could not subscribe"
+
+    def _subscribe(self) -> None:
+        self._client.subscribe(
+            [(readings_topic(self.gateway_id), 1), (backfill_topic(self.gateway_id), 1)]
+        )
 
     def _on_message(self, c: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         decoded = decode_batch(
