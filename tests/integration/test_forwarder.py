@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import msgspec
 import pytest
 
-from contracts.topics import status_topic
+from contracts.topics import ack_topic, status_topic
+from gateway_agent.clock import ManualClock
 from gateway_agent.forwarder import Forwarder
 from gateway_agent.outbox import Outbox
 from gateway_agent.sample import Sample
@@ -377,3 +378,74 @@ def test_tls_with_client_certificate(tmp_path: Path, gateway_id: str, outbox: Ou
         assert ingest.acked == set(range(1, 11))
     finally:
         broker.kill()
+
+
+@pytest.mark.usefixtures("clear_status")
+def test_batches_close_by_size_and_by_clock_age(
+    mqtt_url: str, gateway_id: str, outbox: Outbox
+) -> None:
+    clock = ManualClock(start=T0.timestamp())
+    ingest = FakeIngest(mqtt_url, gateway_id)
+    fwd = Forwarder(
+        forward_config(mqtt_url, gateway_id, batch_max_readings=40, batch_max_age_s=60.0),
+        outbox,
+        gateway_id=gateway_id,
+        clock=clock,
+    )
+
+    async def body() -> None:
+        await until(lambda: fwd.stats().connected)
+        await asyncio.to_thread(outbox.append, cycle(0, meters=50))  # 100 readings
+        fwd.notify()
+        await until(lambda: len(ingest.seqs()) >= 80)
+        await asyncio.sleep(0.5)
+        # Two full batches went at once; the 20 left wait for their age on the clock.
+        assert sorted(len(r.batch.readings) for r in ingest.received) == [40, 40]
+        clock.advance(59.0)
+        await asyncio.sleep(0.5)
+        assert len(ingest.received) == 2
+        clock.advance(1.0)
+        await until(lambda: outbox.rows() == 0)
+
+    try:
+        asyncio.run(running(fwd, body))
+    finally:
+        ingest.close()
+    assert [len(r.batch.readings) for r in ingest.received] == [40, 40, 20]
+    assert {r.topic_kind for r in ingest.received} == {"readings"}
+
+
+@pytest.mark.usefixtures("clear_status")
+def test_malformed_acks_are_ignored_and_heartbeats_repeat(
+    mqtt_url: str, gateway_id: str, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    statuses = Collector(mqtt_url, status_topic(gateway_id))
+    ingest = FakeIngest(mqtt_url, gateway_id)
+    noise = client(mqtt_url, "noise")
+    fwd = Forwarder(
+        forward_config(mqtt_url, gateway_id, status_interval_s=0.2),
+        outbox,
+        gateway_id=gateway_id,
+        status=lambda: {"outbox_rows": outbox.rows()},
+    )
+
+    async def body() -> None:
+        await until(lambda: fwd.stats().connected)
+        for payload in (b"not json", b'{"v": 1}', b'{"v": 9, "boot_id": 1}'):
+            noise.publish(ack_topic(gateway_id), payload, qos=1).wait_for_publish(5)
+        await asyncio.to_thread(outbox.append, cycle(0))
+        fwd.notify()
+        await until(lambda: outbox.rows() == 0 and fwd.stats().acks_malformed == 3)
+        await asyncio.sleep(1.0)
+
+    try:
+        asyncio.run(running(fwd, body))
+    finally:
+        ingest.close()
+        noise.disconnect()
+        noise.loop_stop()
+        statuses.close()
+    assert fwd.stats().acks == 1
+    assert sum("malformed ack" in r.getMessage() for r in caplog.records) == 3
+    online = [p for _, p in statuses.payloads if p and b'"online"' in p]
+    assert len(online) >= 4  # on connect, then every 0.2 s
