@@ -20,6 +20,7 @@ from gateway_agent.outbox import Outbox
 from gateway_agent.sample import Sample
 from gateway_agent.site import ForwardConfig, OutboxConfig, TlsConfig
 from tests.support.acker import FakeIngest
+from tests.support.broker import PrivateBroker
 from tests.support.mqtt import Collector, client
 from tests.support.proxy import TcpProxy
 from tests.support.tls import TlsBroker, make_pki
@@ -37,6 +38,16 @@ def cycle(i: int, meters: int = 5) -> list[Sample]:
     ] + [Sample(f"M{m:03d}", "power_w", ts, 50.0 + i, "W") for m in range(meters)]
 
 
+@pytest.fixture(scope="module")
+def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Mosquitto for this module: on the shared test broker, a running ingest
+    subscribed to `v1/gw/+/readings` answers every gateway (dead-lettering unknown ones),
+    and those foreign acks would delete rows that these tests expect to stay."""
+    broker = PrivateBroker(tmp_path_factory.mktemp("forwarder-broker")).start()
+    yield broker.url
+    broker.kill()
+
+
 @pytest.fixture
 def gateway_id() -> str:
     return f"gw-test-{uuid.uuid4().hex[:10]}"
@@ -50,9 +61,9 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 
 
 @pytest.fixture
-def clear_status(mqtt_url: str, gateway_id: str) -> Iterator[None]:
+def clear_status(broker_url: str, gateway_id: str) -> Iterator[None]:
     yield
-    c = client(mqtt_url, "clear-retained")
+    c = client(broker_url, "clear-retained")
     c.publish(status_topic(gateway_id), b"", qos=1, retain=True).wait_for_publish(5)
     c.disconnect()
     c.loop_stop()
@@ -99,14 +110,14 @@ async def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
 @pytest.mark.usefixtures("clear_status")
 @pytest.mark.parametrize("mqtt5", [True, False], ids=["mqtt5", "mqtt311"])
 def test_everything_delivered_and_deleted(
-    mqtt_url: str, gateway_id: str, outbox: Outbox, mqtt5: bool
+    broker_url: str, gateway_id: str, outbox: Outbox, mqtt5: bool
 ) -> None:
     for i in range(30):
         outbox.append(cycle(i))  # 300 readings of backlog before the first connect
     backlog = outbox.max_seq()
-    ingest = FakeIngest(mqtt_url, gateway_id)
+    ingest = FakeIngest(broker_url, gateway_id)
     fwd = Forwarder(
-        forward_config(mqtt_url, gateway_id, mqtt5=mqtt5), outbox, gateway_id=gateway_id
+        forward_config(broker_url, gateway_id, mqtt5=mqtt5), outbox, gateway_id=gateway_id
     )
 
     async def body() -> None:
@@ -132,11 +143,11 @@ def test_everything_delivered_and_deleted(
 
 
 @pytest.mark.usefixtures("clear_status")
-def test_no_deletion_without_the_app_ack(mqtt_url: str, gateway_id: str, outbox: Outbox) -> None:
+def test_no_deletion_without_the_app_ack(broker_url: str, gateway_id: str, outbox: Outbox) -> None:
     for i in range(20):
         outbox.append(cycle(i))
-    ingest = FakeIngest(mqtt_url, gateway_id, ack=False)
-    fwd = Forwarder(forward_config(mqtt_url, gateway_id), outbox, gateway_id=gateway_id)
+    ingest = FakeIngest(broker_url, gateway_id, ack=False)
+    fwd = Forwarder(forward_config(broker_url, gateway_id), outbox, gateway_id=gateway_id)
 
     async def body() -> None:
         await until(lambda: len(ingest.seqs()) == 200)
@@ -154,11 +165,11 @@ def test_no_deletion_without_the_app_ack(mqtt_url: str, gateway_id: str, outbox:
 
 @pytest.mark.usefixtures("clear_status")
 def test_unacked_batches_are_resent_on_backfill(
-    mqtt_url: str, gateway_id: str, outbox: Outbox
+    broker_url: str, gateway_id: str, outbox: Outbox
 ) -> None:
-    ingest = FakeIngest(mqtt_url, gateway_id, ack_from_delivery=2)  # ignores first deliveries
+    ingest = FakeIngest(broker_url, gateway_id, ack_from_delivery=2)  # ignores first deliveries
     fwd = Forwarder(
-        forward_config(mqtt_url, gateway_id, ack_timeout_s=0.5), outbox, gateway_id=gateway_id
+        forward_config(broker_url, gateway_id, ack_timeout_s=0.5), outbox, gateway_id=gateway_id
     )
 
     async def body() -> None:
@@ -181,15 +192,15 @@ def test_unacked_batches_are_resent_on_backfill(
 
 @pytest.mark.usefixtures("clear_status")
 def test_live_is_not_starved_by_a_rate_limited_backlog(
-    mqtt_url: str, gateway_id: str, outbox: Outbox
+    broker_url: str, gateway_id: str, outbox: Outbox
 ) -> None:
     for i in range(300):
         outbox.append(cycle(i))  # 3000 readings of backlog
-    ingest = FakeIngest(mqtt_url, gateway_id)
+    ingest = FakeIngest(broker_url, gateway_id)
     rate = 1000.0
     fwd = Forwarder(
         forward_config(
-            mqtt_url, gateway_id, backfill_rate=rate, batch_max_readings=250, batch_max_age_s=0.2
+            broker_url, gateway_id, backfill_rate=rate, batch_max_readings=250, batch_max_age_s=0.2
         ),
         outbox,
         gateway_id=gateway_id,
@@ -226,13 +237,13 @@ def test_live_is_not_starved_by_a_rate_limited_backlog(
 
 
 @pytest.mark.usefixtures("clear_status")
-def test_in_flight_window_is_bounded(mqtt_url: str, gateway_id: str, outbox: Outbox) -> None:
+def test_in_flight_window_is_bounded(broker_url: str, gateway_id: str, outbox: Outbox) -> None:
     for i in range(50):
         outbox.append(cycle(i))  # 500 readings
-    ingest = FakeIngest(mqtt_url, gateway_id)
+    ingest = FakeIngest(broker_url, gateway_id)
     ingest.hold = True
     fwd = Forwarder(
-        forward_config(mqtt_url, gateway_id, batch_max_readings=10, max_inflight_batches=3),
+        forward_config(broker_url, gateway_id, batch_max_readings=10, max_inflight_batches=3),
         outbox,
         gateway_id=gateway_id,
     )
@@ -264,10 +275,12 @@ def test_in_flight_window_is_bounded(mqtt_url: str, gateway_id: str, outbox: Out
 
 
 @pytest.mark.usefixtures("clear_status")
-def test_link_cut_mid_stream_loses_nothing(mqtt_url: str, gateway_id: str, outbox: Outbox) -> None:
-    parts = urlsplit(mqtt_url)
+def test_link_cut_mid_stream_loses_nothing(
+    broker_url: str, gateway_id: str, outbox: Outbox
+) -> None:
+    parts = urlsplit(broker_url)
     proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 1883).start()
-    ingest = FakeIngest(mqtt_url, gateway_id)
+    ingest = FakeIngest(broker_url, gateway_id)
     fwd = Forwarder(
         forward_config(f"mqtt://127.0.0.1:{proxy.port}", gateway_id, ack_timeout_s=2.0),
         outbox,
@@ -299,11 +312,11 @@ def test_link_cut_mid_stream_loses_nothing(mqtt_url: str, gateway_id: str, outbo
 
 @pytest.mark.usefixtures("clear_status")
 def test_last_will_on_unclean_drop_and_goodbye_on_stop(
-    mqtt_url: str, gateway_id: str, outbox: Outbox
+    broker_url: str, gateway_id: str, outbox: Outbox
 ) -> None:
-    parts = urlsplit(mqtt_url)
+    parts = urlsplit(broker_url)
     proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 1883).start()
-    statuses = Collector(mqtt_url, status_topic(gateway_id))
+    statuses = Collector(broker_url, status_topic(gateway_id))
     fwd = Forwarder(
         forward_config(f"mqtt://127.0.0.1:{proxy.port}", gateway_id),
         outbox,
@@ -382,12 +395,12 @@ def test_tls_with_client_certificate(tmp_path: Path, gateway_id: str, outbox: Ou
 
 @pytest.mark.usefixtures("clear_status")
 def test_batches_close_by_size_and_by_clock_age(
-    mqtt_url: str, gateway_id: str, outbox: Outbox
+    broker_url: str, gateway_id: str, outbox: Outbox
 ) -> None:
     clock = ManualClock(start=T0.timestamp())
-    ingest = FakeIngest(mqtt_url, gateway_id)
+    ingest = FakeIngest(broker_url, gateway_id)
     fwd = Forwarder(
-        forward_config(mqtt_url, gateway_id, batch_max_readings=40, batch_max_age_s=60.0),
+        forward_config(broker_url, gateway_id, batch_max_readings=40, batch_max_age_s=60.0),
         outbox,
         gateway_id=gateway_id,
         clock=clock,
@@ -417,13 +430,13 @@ def test_batches_close_by_size_and_by_clock_age(
 
 @pytest.mark.usefixtures("clear_status")
 def test_malformed_acks_are_ignored_and_heartbeats_repeat(
-    mqtt_url: str, gateway_id: str, outbox: Outbox, caplog: pytest.LogCaptureFixture
+    broker_url: str, gateway_id: str, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
-    statuses = Collector(mqtt_url, status_topic(gateway_id))
-    ingest = FakeIngest(mqtt_url, gateway_id)
-    noise = client(mqtt_url, "noise")
+    statuses = Collector(broker_url, status_topic(gateway_id))
+    ingest = FakeIngest(broker_url, gateway_id)
+    noise = client(broker_url, "noise")
     fwd = Forwarder(
-        forward_config(mqtt_url, gateway_id, status_interval_s=0.2),
+        forward_config(broker_url, gateway_id, status_interval_s=0.2),
         outbox,
         gateway_id=gateway_id,
         status=lambda: {"outbox_rows": outbox.rows()},
