@@ -29,6 +29,10 @@ instantaneous rows go under either policy (`overwritten_total`). If nothing is l
 up, the cycle's remaining samples are refused (`rejected_total`, logged as an error). Fill
 warnings fire at 80 % and 95 % of the capacity. Policy deletions commit in their own small
 transactions so the WAL stays bounded; the cycle itself is still one transaction.
+
+Thinned and overwritten rows leave holes in the per-boot seq ranges ingest accounts for
+(`ingest/accounting.py`) when they fall between batches; `dropped_total` and its parts, which
+the status heartbeat carries, are what explains such a hole.
 """
 
 from __future__ import annotations
