@@ -81,7 +81,9 @@ class Line(Protocol):
     async def read(
         self, unit_id: int, function: int, address: int, count: int, *, retries: int | None = None
     ) -> tuple[int, ...]:
-        """`count` registers from `address` with function 3 or 4; raises only ModbusError.
+        """`count` registers from `address` with function 3 or 4; every failure on the line or
+        from the device raises ModbusError (a request that is not a register read of 1..125
+        registers is the caller's bug: ValueError).
 
         `retries` overrides the bus's extra attempts for this read (0: one attempt)."""
         ...
@@ -275,14 +277,16 @@ class _MbapProtocol(asyncio.Protocol):
 class MbapLine(_LineBase):
     """A `Line` for Modbus TCP, on asyncio directly (framing in `gateway_agent.framing`).
 
-    Why not pymodbus here: measured with bench/gateway_poll.py, pymodbus 3.16's client spends
-    ~40 us of CPU per read (PDU objects, transaction manager, `wait_for` per request) and the
-    poller's decoding adds ~15 us, so a poller on pymodbus cannot reach 0.7 of a bare
-    pymodbus loop once the client's core is the bottleneck (measured 0.63-0.72). Modbus TCP
-    needs no timing tricks: a request is one `write`, an answer is matched by transaction id
-    (late answers to timed-out requests are dropped, counted in `stale_answers`). RTU framing
-    and serial timing stay with pymodbus (`PymodbusLine`), where the wire, not the CPU, is the
-    limit.
+    Why not pymodbus here (measured 2026-12-04 on the 2-core dev machine): one read of 18
+    registers costs 99.5 us of client CPU through pymodbus 3.16 (PDU objects, transaction
+    manager, `wait_for` per request) and 62.7 us through this line (sequential reads, same
+    simulator process). The poller adds ~15 us per block of its own (decoding into samples,
+    health), so on pymodbus it cannot beat a bare pymodbus loop's cost, and the issue's goal
+    (>= 0.7 of bare, decode and outbox included) was missed: bench/gateway_poll.py gave
+    0.46-0.78 with the pymodbus line. Modbus TCP needs no timing tricks: a request is one
+    `write`, an answer is matched by transaction id (late answers to timed-out requests are
+    dropped, counted in `stale_answers`). RTU framing and serial timing stay with pymodbus
+    (`PymodbusLine`), where the wire, not the CPU, is the limit.
 
     After `MAX_SILENT` consecutive timeouts without any answer the connection is closed and
     opened again (a converter that rebooted without a reset leaves a socket that never answers).
