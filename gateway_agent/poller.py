@@ -115,7 +115,8 @@ class Poller:
     """Polls a site's Modbus devices until told to stop.
 
     `health` maps meter id -> `DeviceHealth`; `stats` is a `PollerStats`. `line_factory` makes
-    one `Line` per bus (default: pymodbus); lines are opened lazily and closed when `run` ends.
+    one `Line` per bus (default `modbus.open_line`: the agent's own asyncio client for Modbus
+    TCP, pymodbus for RTU); lines are opened lazily and closed when `run` ends.
     `backoff_base_s` overrides the backoff base (default: the device's shortest interval).
     """
 
