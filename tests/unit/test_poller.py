@@ -353,3 +353,43 @@ def test_a_failing_sink_stops_the_poller_and_closes_the_lines() -> None:
         asyncio.run(main())
     assert lines
     assert all(line.closed for line in lines)
+
+
+@given(
+    st.lists(st.sampled_from([1.0, 2.0, 2.5, 3.0, 5.0, 10.0, 60.0]), min_size=1, max_size=3),
+    st.floats(0.0, 59.9),
+)
+def test_every_interval_ticks_on_its_own_multiples(intervals: list[float], offset: float) -> None:
+    """Cycles happen exactly at the union of the intervals' multiples; each device's fast
+    channels are read at exactly its own interval's multiples, none skipped or doubled."""
+    devices = [device(f"m{i}", i + 1, fast=iv, energy=60.0) for i, iv in enumerate(intervals)]
+    start = T0 + offset
+    clock = ManualClock(start)
+    end = T0 + 120.0
+
+    async def main() -> Collect:
+        stop = asyncio.Event()
+        sink = Collect()
+
+        async def collect(samples: list[Sample]) -> None:
+            await sink(samples)
+            if clock.now() >= end:
+                stop.set()
+
+        poller = Poller(site(*devices), collect, clock, line_factory=ScriptedLine)
+        await asyncio.wait_for(poller.run(stop), 30)
+        assert poller.stats.overruns == 0
+        return sink
+
+    sink = asyncio.run(main())
+    ticks = [c[0].ts.timestamp() for c in sink.cycles]
+    every = sorted(set(intervals) | {60.0})
+    expected = sorted(
+        {round(k * iv, 6) for iv in every for k in range(int(start // iv), int(end // iv) + 2)
+         if start - 1e-6 <= k * iv <= end + 1e-6}
+    )  # fmt: skip
+    assert [round(t, 6) for t in ticks] == expected
+    for d, iv in zip(devices, intervals, strict=True):
+        seen = sorted({round(s.ts.timestamp(), 6) for c in sink.cycles for s in c
+                       if s.meter_id == d.meter_id and s.channel == "voltage_l1_v"})  # fmt: skip
+        assert seen == [t for t in expected if abs(t / iv - round(t / iv)) < 1e-9]
