@@ -1,9 +1,11 @@
 """The ingest worker: take messages, store them, then acknowledge — in that order, always.
 
-One loop, one thread of control over the database: gather a flush (by count, readings or
-age), parse it, write it in one transaction, and only after COMMIT send the PUBACKs and the
-application acks. If the database is away the loop keeps the flush in hand and retries; it
-sends no PUBACK, so the broker stops delivering at `receive_maximum` and memory stays bounded.
+One writer, one transaction at a time: gather a flush (by count, readings or age), parse and
+encode it, write it in one transaction, and only after COMMIT send the PUBACKs and the
+application acks. Gathering, parsing and encoding run on a helper thread one flush ahead of
+the writer (see `IngestWorker.run`). If the database is away the writer keeps the flush in
+hand and retries; it sends no PUBACK, so the broker stops delivering at `receive_maximum` and
+memory stays bounded.
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ def collector_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+@dataclass(frozen=True, slots=True)
+class _Flush:
+    """Messages taken together, parsed and encoded, not yet written."""
+
+    batch: list[Incoming]
+    parsed: list[Parsed]
+    prepared: PreparedFlush
+    started: float  # time.monotonic() when preparation began
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,17 +157,80 @@ class IngestWorker:
             check_durability(conn)
 
     def run(self) -> None:
+        """Prepare flushes on a helper thread; write, commit and ack them on this one.
+
+        Two stages, one flush apart: while flush N is in the database (COPY, accounting,
+        COMMIT: the store's CPU, not ours), flush N+1 is gathered, parsed and encoded. There
+        is still one writer and one transaction at a time, in the order the flushes were
+        gathered, and each flush is acked only after its own COMMIT, so the delivery guarantee
+        and the accounting are exactly those of a single loop. At most one prepared flush
+        waits, so memory stays bounded by `receive_maximum` as before.
+        """
         self.check_start()
         self.consumer.start()
         log.info("ingest running", max_messages=self.config.max_messages)
+        handoff: queue.Queue[_Flush] = queue.Queue(maxsize=1)
+        writer_done = threading.Event()
+        failure: list[BaseException] = []
+        preparer = threading.Thread(
+            target=self._prepare_loop,
+            args=(handoff, writer_done, failure),
+            name="ingest-prepare",
+            daemon=True,
+        )
+        preparer.start()
+        try:
+            while (flush := self._next_flush(handoff, preparer)) is not None:
+                if not self._commit_and_ack(flush):
+                    break  # stopped while the database was away: nothing more is written
+        finally:
+            writer_done.set()
+            self._stop.set()  # the preparer ends too, whichever side stopped first
+            preparer.join()
+            self.consumer.stop(end_session=self.end_session_on_stop)
+            log.info("ingest stopped", flushes=self.flushes)
+        if failure:
+            raise failure[0]  # a bug in preparation: surface it as a single loop would have
+
+    @staticmethod
+    def _next_flush(handoff: queue.Queue[_Flush], preparer: threading.Thread) -> _Flush | None:
+        """The next prepared flush; None once the preparer has ended and handed over all."""
+        while True:
+            try:
+                return handoff.get(timeout=0.1)
+            except queue.Empty:
+                if not preparer.is_alive():
+                    break
+        try:  # it may have handed over one last flush just before it ended
+            return handoff.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _prepare_loop(
+        self,
+        handoff: queue.Queue[_Flush],
+        writer_done: threading.Event,
+        failure: list[BaseException],
+    ) -> None:
+        """Gather, parse and encode flushes until stopped; hand each to the writer in order.
+
+        A flush taken from the consumer but never handed over is simply not acked: the broker
+        redelivers it (to this session after a restart, or to another worker)."""
         try:
             while not self._stop.is_set():
                 batch = self._gather()
-                if batch:
-                    self._process(batch)
-        finally:
-            self.consumer.stop(end_session=self.end_session_on_stop)
-            log.info("ingest stopped", flushes=self.flushes)
+                if not batch:
+                    continue
+                flush = self._prepare(batch)
+                while not writer_done.is_set():
+                    try:
+                        handoff.put(flush, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # noqa: BLE001 - re-raised by run() on the main thread
+            failure.append(exc)
+            self._stop.set()
 
     # ------------------------------------------------------------------ steps
     def _gather(self) -> list[Incoming]:
@@ -179,24 +254,30 @@ class IngestWorker:
             readings_guess += len(message.payload) // 100
         return batch
 
-    def _process(self, batch: list[Incoming]) -> None:
+    def _prepare(self, batch: list[Incoming]) -> _Flush:
         started = time.monotonic()
-        self.metrics.in_hand.set(len(batch))
         with collector_paused():
             parsed = self._parse(batch)
             prepared = self.sink.prepare(parsed)
-        result = self._write_until_done(prepared)
+        return _Flush(batch, parsed, prepared, started)
+
+    def _commit_and_ack(self, flush: _Flush) -> bool:
+        """Write one flush, and only after its COMMIT ack its messages. False when stopped
+        while the database was away (nothing acked: the broker redelivers)."""
+        self.metrics.in_hand.set(len(flush.batch))
+        result = self._write_until_done(flush.prepared)
         if result is None:
-            return  # stopped while the database was away: nothing acked, the broker redelivers
+            return False
         committed = time.monotonic()
         self._fault("after_commit")
-        for message in batch:
+        for message in flush.batch:
             self.consumer.ack(message)
-        for p in parsed:
+        for p in flush.parsed:
             if p.ack is not None and p.gateway_code is not None:
                 self.consumer.publish_ack(p.gateway_code, p.ack)
         self.flushes += 1
-        self._record(batch, parsed, result, started, committed)
+        self._record(flush.batch, flush.parsed, result, flush.started, committed)
+        return True
 
     def _parse(self, batch: list[Incoming]) -> list[Parsed]:
         now = self.clock()
