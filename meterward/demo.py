@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -28,6 +29,7 @@ from psycopg_pool import ConnectionPool
 
 from contracts.topics import ack_topic, readings_topic
 from contracts.wire import SCHEMA_VERSION, Batch, Reading, decode_ack, encode
+from gateway_agent.agent import GatewayAgent
 from gateway_agent.profiles import builtin_profile
 from gateway_agent.registers import decode
 from ingest.consumer import Consumer
@@ -37,6 +39,9 @@ from meterward.settings import Settings, redact_url
 from simulators.serve import GATEWAY_PROFILE, ServedFleet, scenario_file, serve_fleet
 from store.migrations import migrate, status
 from store.pool import open_pool
+
+if TYPE_CHECKING:
+    from simulators.fleet import Fleet
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +181,39 @@ def _install_stop_handlers(stop: asyncio.Event) -> Callable[[], None]:
     return remove
 
 
-async def _smoke(db_url: str, mqtt_url: str, fleet: ServedFleet | None) -> int:
+async def check_gateways(db_url: str, gateways: list[GatewayAgent], timeout: float = 60.0) -> str:
+    """Wait until every demo gateway has readings of its meters stored (polled, forwarded,
+    committed by ingest, acknowledged)."""
+    codes = [g.site.gateway_id for g in gateways]
+
+    def stored() -> dict[str, int]:
+        with psycopg.connect(db_url) as conn:
+            rows = conn.execute(
+                "SELECT g.code, count(DISTINCT r.meter_id) FROM readings r"
+                " JOIN meters m ON m.id = r.meter_id JOIN gateways g ON g.id = m.gateway_id"
+                " WHERE g.code = ANY(%s) GROUP BY g.code",
+                (codes,),
+            ).fetchall()
+        return {str(code): int(n) for code, n in rows}
+
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = await asyncio.to_thread(stored)
+        if len(counts) == len(codes):
+            acked = sum(g.forwarder.stats().acks for g in gateways)
+            return (
+                f"{sum(counts.values())} meters' readings stored through {len(codes)}"
+                f" gateway(s); {acked} acks received"
+            )
+        if time.monotonic() > deadline:
+            missing = sorted(set(codes) - set(counts))
+            raise RuntimeError(f"no readings stored yet from {', '.join(missing)}")
+        await asyncio.sleep(1.0)
+
+
+async def _smoke(
+    db_url: str, mqtt_url: str, fleet: ServedFleet | None, gateways: list[GatewayAgent]
+) -> int:
     checks = {
         "database": check_database(db_url),
         "broker": check_broker(mqtt_url),
@@ -184,6 +221,8 @@ async def _smoke(db_url: str, mqtt_url: str, fleet: ServedFleet | None) -> int:
     }
     if fleet is not None:
         checks["fleet"] = check_fleet(fleet)
+    if gateways:
+        checks["gateways"] = check_gateways(db_url, gateways)
     failed = False
     for name, check in checks.items():
         try:
@@ -208,6 +247,11 @@ class DemoStack:
         self._broker: LocalBroker | None = None
         self._ingest: tuple[IngestWorker, threading.Thread, ConnectionPool] | None = None
         self.fleet: ServedFleet | None = None
+        self._fleet_model: Fleet | None = None
+        self.gateways: list[GatewayAgent] = []
+        self._gateway_stop = asyncio.Event()
+        self._gateway_tasks: list[asyncio.Task[None]] = []
+        self.mqtt5 = True
 
     async def start_database(self) -> str:
         if self.settings.database_url:
@@ -238,6 +282,7 @@ class DemoStack:
     def start_ingest(self, db_url: str, mqtt_url: str) -> None:
         """An ingest worker in a thread of this process (its own process in production)."""
         mqtt5 = self._broker is None or self._broker.kind == "mosquitto"
+        self.mqtt5 = mqtt5
         pool = open_pool(db_url, min_size=1, max_size=2, name="meterward-demo-ingest")
         consumer = Consumer(
             mqtt_url,
@@ -270,6 +315,7 @@ class DemoStack:
         except OSError:  # a port of the range is taken: any free ports then
             served = await serve_fleet(fleet, SystemClock(), base_port=0, mqtt_url=mqtt_url)
         self.fleet = served
+        self._fleet_model = fleet
         modbus = [loc for loc in served.locations if loc.transport != "mqtt"]
         endpoints = sorted({loc.address for loc in modbus}, key=lambda a: int(a.rsplit(":")[1]))
         mqtt = len(served.locations) - len(modbus)
@@ -282,6 +328,36 @@ class DemoStack:
             )
         )
 
+    async def start_gateways(self, db_url: str, mqtt_url: str) -> None:
+        """One gateway agent per simulated project, polling the served fleet."""
+        from meterward.demo_gateways import register_fleet, sites_for_fleet  # noqa: PLC0415
+
+        assert self.fleet is not None
+        assert self._fleet_model is not None
+        await asyncio.to_thread(register_fleet, db_url, self._fleet_model)
+        sites = sites_for_fleet(
+            self.fleet.locations,
+            self._fleet_model,
+            data_dir=self.data_dir,
+            mqtt_url=mqtt_url,
+            mqtt5=self.mqtt5,
+        )
+        for site in sites:
+            Path(site.outbox.path).parent.mkdir(parents=True, exist_ok=True)
+            agent = GatewayAgent(site)
+            self.gateways.append(agent)
+            self._gateway_tasks.append(
+                asyncio.create_task(agent.run(self._gateway_stop), name=site.gateway_id)
+            )
+        devices = sum(len(s.devices) + len(s.mqtt_meters) for s in sites)
+        self.parts.append(
+            Part(
+                "gateways",
+                ", ".join(s.gateway_id for s in sites),
+                f"{devices} meters polled; outboxes in {self.data_dir / 'gateways'}",
+            )
+        )
+
     def report(self, elapsed: float) -> None:
         _say(f"meterward demo is up in {elapsed:.1f} s:")
         width = max(len(p.name) for p in self.parts)
@@ -289,6 +365,10 @@ class DemoStack:
             _say(f"  {part.name:<{width}}  {part.where}  ({part.detail})")
 
     async def stop(self) -> None:
+        self._gateway_stop.set()  # each agent finishes its cycle and keeps its outbox
+        if self._gateway_tasks:
+            await asyncio.gather(*self._gateway_tasks, return_exceptions=True)
+            self._gateway_tasks = []
         if self.fleet is not None:
             await self.fleet.stop()
             self.fleet = None
@@ -319,9 +399,10 @@ async def run_demo(settings: Settings, *, smoke: bool) -> int:
         mqtt_url = await stack.start_broker()
         await asyncio.to_thread(stack.start_ingest, db_url, mqtt_url)
         await stack.start_fleet(mqtt_url)
+        await stack.start_gateways(db_url, mqtt_url)
         stack.report(time.monotonic() - started)
         if smoke:
-            return await _smoke(db_url, mqtt_url, stack.fleet)
+            return await _smoke(db_url, mqtt_url, stack.fleet, stack.gateways)
         _say("press Ctrl-C to stop")
         await stop.wait()
         _say("stopping ...")

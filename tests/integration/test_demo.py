@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,6 +59,8 @@ def test_smoke_passes_with_no_services_configured(tmp_path: Path, broker: str) -
     assert "smoke: broker: round trip ok" in out
     assert "smoke: ingest: batch stored and acknowledged" in out
     assert "smoke: fleet: 94 Modbus meters, 2 MQTT meters" in out
+    # The gateway agent polled the served fleet, and ingest stored what it forwarded.
+    assert re.search(r"smoke: gateways: \d+ meters' readings stored through 1 gateway\(s\)", out)
     assert "smoke: all parts answer" in out
     assert processes_using(data_dir) == []
 
