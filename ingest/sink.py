@@ -13,6 +13,7 @@ anyone acks anything.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from ingest.parse import (
     Registry,
 )
 
+_ROW_KEY: Final = operator.itemgetter(0)
 _COLUMNS: Final = ", ".join(COPY_COLUMNS)
 _COPY_READINGS: Final = f"COPY readings ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _COPY_STAGING: Final = f"COPY mw_staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
@@ -158,7 +160,16 @@ class Sink:
         Separate from `write` so that the worker can do it outside the transaction (and with
         the cyclic garbage collector paused, see ingest.service)."""
         staged = sum(len(m.rows) for m in messages)
-        data = self._encoder.encode(r for m in messages for r in m.rows) if staged else None
+        rows = [r for m in messages for r in m.rows]
+        # Meter order: the unique index leads with meter_id, and a flush holds each meter's
+        # readings from several messages (poll cycles). Sorted, consecutive rows land on the
+        # same index leaf pages; measured with bench.ingest_e2e's workload, the store's CPU
+        # per reading fell from 4.4 to 3.4 µs, for 0.1 µs of sorting here. The sort is
+        # stable, so duplicates within a flush keep their order (the first one wins, as
+        # before), and it is by meter only because a full-key sort compares datetimes and
+        # cost 1 µs a reading.
+        rows.sort(key=_ROW_KEY)
+        data = self._encoder.encode(rows) if staged else None
         dead = [d for m in messages for d in m.dead]
         return PreparedFlush(messages, staged, data, dead)
 
