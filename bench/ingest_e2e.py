@@ -30,7 +30,7 @@ import psutil
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from bench.ingest_sink import fresh_database, raw_copy
+from bench.ingest_sink import fresh_database, raw_copy, raw_copy_bulk
 from contracts.topics import ack_topic, readings_topic
 from contracts.wire import Batch, Reading, decode_ack, encode
 from ingest.parse import Row
@@ -222,16 +222,24 @@ def main() -> None:
 
     total = batches * args.gateways * per_batch
     print(f"{args.gateways} gateways x {batches} batches x {per_batch} readings = {total:,}")
+    rows = [r for g in fleet() for r in _rows(g)]
+    chunks = [rows[i : i + 50_000] for i in range(0, len(rows), 50_000)]
     with fresh_database(admin) as url:
-        rows = [r for g in fleet() for r in _rows(g)]
-        baseline = raw_copy(url, [rows[i : i + 50_000] for i in range(0, len(rows), 50_000)])
+        baseline = raw_copy(url, chunks)
     print(f"  raw binary COPY      {baseline:>10,.0f} readings/s  (baseline)")
+    # The same COPY with the rows encoded the way the worker encodes them (ingest.copybin):
+    # the store's own ceiling once client-side encoding is cheap, for an honest comparison.
+    with fresh_database(admin) as url:
+        bulk = raw_copy_bulk(url, chunks)
+    print(f"  raw COPY, bulk-encoded {bulk:>8,.0f} readings/s  ({bulk / baseline:.2f} of baseline)")
     one, _, rss1 = run(admin, mqtt_url, fleet(), 1, None)
     mib = 2**20
     print(f"  1 worker, sustained  {one:>10,.0f} readings/s  ratio {one / baseline:.2f}", end="")
+    print(f" ({one / bulk:.2f} of bulk)", end="")
     print(f"  peak RSS {rss1 / mib:.0f} MiB")
     two, _, rss2 = run(admin, mqtt_url, fleet(), 2, None)
     print(f"  2 workers, sustained {two:>10,.0f} readings/s  ratio {two / baseline:.2f}", end="")
+    print(f" ({two / bulk:.2f} of bulk)", end="")
     print(f"  peak RSS {rss2 / mib:.0f} MiB (largest worker)")
     half_rate = one / 2 / per_batch / args.gateways  # batches/s per gateway
     _, lat, _ = run(admin, mqtt_url, fleet(), 1, half_rate)
