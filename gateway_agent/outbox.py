@@ -44,7 +44,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -199,19 +199,26 @@ class Outbox:
         page_size = int(c.execute("PRAGMA page_size").fetchone()[0])
         if page_size != PAGE_SIZE:
             raise RuntimeError(f"outbox {self.path}: page size {page_size}, want {PAGE_SIZE}")
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write():
             c.execute("INSERT OR IGNORE INTO boots (boot_id) VALUES (?)", (self.boot_id.bytes,))
             row = c.execute(
                 "SELECT boot_no FROM boots WHERE boot_id = ?", (self.boot_id.bytes,)
             ).fetchone()
+        self._boot_no = int(row[0])
+        found = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
+        self._max_seq = int(found[0]) if found else 0
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE, COMMIT, or ROLLBACK on any exception."""
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        self._boot_no = int(row[0])
-        found = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'readings'").fetchone()
-        self._max_seq = int(found[0]) if found else 0
 
     # -- measuring --------------------------------------------------------------------------
 
@@ -296,14 +303,8 @@ class Outbox:
                 )
                 for i, s in enumerate(keep)
             ]
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with self._write() as c:
                 c.executemany(_INSERT, rows)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
             self._max_seq = first + len(rows) - 1
             self._rows += len(rows)
             self.appended_total += len(rows)
@@ -360,15 +361,10 @@ class Outbox:
         self.last_policy_action_at = self._clock.now()
 
     def _delete(self, seqs: Sequence[int]) -> int:
-        c = self._conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            cur = c.executemany("DELETE FROM readings WHERE seq = ?", [(s,) for s in seqs])
-            deleted = cur.rowcount
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        with self._write() as c:
+            deleted = c.executemany(
+                "DELETE FROM readings WHERE seq = ?", [(s,) for s in seqs]
+            ).rowcount
         self._rows -= deleted
         self._bound_wal()
         return deleted
@@ -475,18 +471,12 @@ class Outbox:
             ).fetchone()
             if row is None:
                 return 0
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
+            with self._write() as c:
                 cur = c.execute(
                     "DELETE FROM readings WHERE seq >= ? AND seq <= ? AND boot_no = ?",
                     (from_seq, upto_seq, int(row[0])),
                 )
                 deleted = cur.rowcount
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
             self._rows -= deleted
             self.acked_total += deleted
             self._after_write()
