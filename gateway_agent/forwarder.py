@@ -94,15 +94,16 @@ class ForwarderStats:
 
 
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    """Server verification against the CA, optional client certificate, minimum version."""
+    """A client TLS context from the site's TLS settings: server verification against the CA,
+    optional client certificate, minimum version (the forward and the MQTT-input broker)."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
     ctx.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
     )
     if tls.cert_file:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.insecure:
-        ctx.check_hostname = False  # the site loader refuses this in prod
+    if tls.insecure:  # dev only (the site loader refuses it in prod): certificate still checked
+        ctx.check_hostname = False
     return ctx
 
 

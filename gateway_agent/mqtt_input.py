@@ -23,7 +23,6 @@ import datetime as dt
 import hashlib
 import logging
 import random
-import ssl
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway_agent.clock import Clock
+from gateway_agent.forwarder import tls_context
 from gateway_agent.sample import Sample
 from gateway_agent.site import MqttMeter, TlsConfig
 from gateway_agent.site_payloads import PayloadError, extract
@@ -69,19 +69,6 @@ def reconnect_delay(attempt: int, rng: random.Random, base: float, cap: float) -
     """
     ceiling = min(cap, base * 2.0 ** min(attempt, 32))
     return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-def tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    """A client TLS context from the site's TLS settings (CA, client certificate, version)."""
-    context = ssl.create_default_context(cafile=tls.ca_file)
-    context.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    )
-    if tls.cert_file is not None:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.insecure:  # dev only (the site loader refuses it in prod): certificate still checked
-        context.check_hostname = False
-    return context
 
 
 class MqttInput:
