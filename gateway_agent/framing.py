@@ -1,8 +1,8 @@
 """Modbus TCP (MBAP) framing for the gateway's reads, without I/O: build a read request, take
 whole frames off a byte stream, and check an answer against its request. Pure.
 
-Used by the gateway's own Modbus TCP line (see `modbus.MbapLine` for why it exists); the
-simulators keep their own framing, since gateway_agent may not import simulators.
+Used by the gateway's own Modbus TCP line (see `modbus.MbapLine` for why it exists), and by
+the simulators' Modbus TCP endpoint to split the requests it serves (`take_frames`).
 
     >>> read_request(7, 1, 4, 0x0048, 2).hex()
     '000700000006010400480002'

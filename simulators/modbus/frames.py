@@ -1,5 +1,6 @@
-"""Modbus framing without I/O: CRC, request/response PDUs, MBAP (TCP) and RTU frame splitting,
-and the wire timing of a serial line.
+"""Modbus framing without I/O: CRC, request/response PDUs, MBAP (TCP) answers, RTU frame
+splitting, and the wire timing of a serial line (MBAP requests split with the gateway's
+`gateway_agent.framing`).
 
 Written by hand rather than taken from pymodbus because the simulators must misbehave the way
 field devices do (stay silent for an unknown unit id, answer 0x06, pace bytes at the baud
@@ -12,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, Literal
+
+from gateway_agent.framing import MBAP
 
 READ_HOLDING: Final = 3
 READ_INPUT: Final = 4
@@ -90,31 +93,13 @@ def exception_response(function: int, code: int) -> bytes:
 
 
 # --- Modbus TCP (MBAP header) --------------------------------------------------------------
-
-_MBAP: Final = struct.Struct(">HHHB")
-
-
-class FrameError(ValueError):
-    """Bytes that are not Modbus framing: the connection is dropped, as devices do."""
-
-
-def split_mbap(buf: bytearray) -> list[tuple[int, int, bytes]]:
-    """Take whole MBAP frames off the front of `buf`: (transaction id, unit id, PDU)."""
-    frames = []
-    while len(buf) >= 8:
-        tid, protocol, length, unit = _MBAP.unpack_from(buf)
-        if protocol != 0 or not 2 <= length <= 254:
-            raise FrameError(f"not an MBAP header: {bytes(buf[:8]).hex()}")
-        end = 6 + length
-        if len(buf) < end:
-            break
-        frames.append((tid, unit, bytes(buf[7:end])))
-        del buf[:end]
-    return frames
+# Requests are split with the gateway's pure framing (`gateway_agent.framing.take_frames`; a
+# header that is not MBAP raises its `FrameError` and the endpoint drops the connection, as
+# devices do); answers are framed here.
 
 
 def mbap_frame(tid: int, unit: int, pdu: bytes) -> bytes:
-    return _MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu
+    return MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu
 
 
 # --- Modbus RTU ----------------------------------------------------------------------------

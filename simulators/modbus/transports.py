@@ -22,17 +22,16 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Literal, Self
 
+from gateway_agent.framing import FrameError, take_frames
 from simulators.modbus.device import Reply, SimulatedDevice
 from simulators.modbus.frames import (
     ExceptionCode,
-    FrameError,
     ReadRequest,
     SerialLine,
     exception_response,
     mbap_frame,
     parse_request,
     read_response,
-    split_mbap,
     split_rtu,
     with_crc,
 )
@@ -94,7 +93,7 @@ class _Connection(asyncio.Protocol):
         devices = self.endpoint.devices
         if self.endpoint.framing == "mbap":
             try:
-                frames = split_mbap(self.buf)
+                frames = take_frames(self.buf)
             except FrameError:
                 self.close()
                 return

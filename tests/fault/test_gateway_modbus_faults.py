@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway_agent.clock import ManualClock
+from gateway_agent.framing import take_frames
 from gateway_agent.modbus import Line, open_line
 from gateway_agent.poller import Poller
 from gateway_agent.profiles import builtin_profile
@@ -26,7 +27,7 @@ from simulators.modbus import (
     SimulatedDevice,
     StaticValues,
 )
-from simulators.modbus.frames import mbap_frame, read_response, split_mbap
+from simulators.modbus.frames import mbap_frame, read_response
 from simulators.modbus.transports import answer
 from tests.support.modbus_fleet import make_site, register_value
 
@@ -167,7 +168,7 @@ class Misbehaving(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
         self.buf += data
-        for tid, unit, pdu in split_mbap(self.buf):
+        for tid, unit, pdu in take_frames(self.buf):
             function, count = pdu[0], int.from_bytes(pdu[3:5], "big")
             if unit == 2:  # short: a well-formed answer with one register too few
                 short = read_response(function, [0] * (count - 1))
