@@ -16,21 +16,14 @@ import psycopg
 
 from gateway_agent.profiles import builtin_profile
 from gateway_agent.site import Bus, Device, ForwardConfig, MqttMeter, OutboxConfig, Site
+from ingest.mappings import TASMOTA_CHANNELS
 from simulators.serve import GATEWAY_PROFILE, Location
 
 if TYPE_CHECKING:
     from simulators.fleet import Fleet
 
-# JSON paths of the simulated MQTT meters' own payloads (simulators/mqtt_meters.py).
-_TASMOTA_PATHS: Mapping[str, str] = {
-    "energy_import_kwh": "ENERGY.Total",
-    "power_w": "ENERGY.Power",
-    "apparent_power_va": "ENERGY.ApparentPower",
-    "reactive_power_var": "ENERGY.ReactivePower",
-    "power_factor": "ENERGY.Factor",
-    "voltage_l1_v": "ENERGY.Voltage",
-    "current_l1_a": "ENERGY.Current",
-}
+# JSON paths of the simulated weather stations' own payloads (simulators/mqtt_meters.py); the
+# plugs speak Tasmota, whose paths ingest's mappings already know.
 _WEATHER_PATHS: Mapping[str, str] = {
     "temperature_c": "temperature",
     "relative_humidity_pct": "humidity",
@@ -102,7 +95,7 @@ def sites_for_fleet(
                     MqttMeter(
                         meter_id=loc.meter_id,
                         topic=loc.address,
-                        channels=_TASMOTA_PATHS if is_plug else _WEATHER_PATHS,
+                        channels=TASMOTA_CHANNELS if is_plug else _WEATHER_PATHS,
                         ts_path="Time" if is_plug else "ts",
                         time_zone=zone if is_plug else "UTC",
                     )

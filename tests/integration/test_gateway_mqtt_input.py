@@ -20,23 +20,18 @@ from gateway_agent.clock import SystemClock
 from gateway_agent.mqtt_input import MqttInput
 from gateway_agent.sample import Sample
 from gateway_agent.site import MqttMeter
+from ingest.mappings import TASMOTA_CHANNELS
 from simulators import mqtt_meters as sim
 
 pytestmark = pytest.mark.integration
 
-TASMOTA_PATHS = {
-    "energy_import_kwh": "ENERGY.Total", "power_w": "ENERGY.Power",
-    "apparent_power_va": "ENERGY.ApparentPower", "reactive_power_var": "ENERGY.ReactivePower",
-    "power_factor": "ENERGY.Factor", "voltage_l1_v": "ENERGY.Voltage",
-    "current_l1_a": "ENERGY.Current",
-}  # fmt: skip
 WEATHER_PATHS = {"temperature_c": "temperature", "relative_humidity_pct": "humidity"}
 
 
 def site_meter(meter: sim.MqttMeter) -> MqttMeter:
     """The site-file entry a technician would write for a simulated meter."""
     if meter.format == "tasmota":
-        return MqttMeter(meter.meter_id, meter.topic(), TASMOTA_PATHS, "Time", meter.time_zone)
+        return MqttMeter(meter.meter_id, meter.topic(), TASMOTA_CHANNELS, "Time", meter.time_zone)
     return MqttMeter(meter.meter_id, meter.topic(), WEATHER_PATHS, "ts")
 
 

@@ -15,16 +15,11 @@ from contracts.channels import UNITS
 from contracts.wire import Reason
 from gateway_agent.site import MqttMeter
 from gateway_agent.site_payloads import Extracted, PayloadError, Skipped, extract
+from ingest.mappings import TASMOTA_CHANNELS
 from simulators import mqtt_meters as sim
 
-TASMOTA_PATHS = {
-    "energy_import_kwh": "ENERGY.Total", "power_w": "ENERGY.Power",
-    "apparent_power_va": "ENERGY.ApparentPower", "reactive_power_var": "ENERGY.ReactivePower",
-    "power_factor": "ENERGY.Factor", "voltage_l1_v": "ENERGY.Voltage",
-    "current_l1_a": "ENERGY.Current",
-}  # fmt: skip
 SIM_PLUG = sim.MqttMeter("P001-PLUG-01", "plug-01", "tasmota", "Asia/Shanghai")
-PLUG = MqttMeter("P001-PLUG-01", SIM_PLUG.topic(), TASMOTA_PATHS, "Time", "Asia/Shanghai")
+PLUG = MqttMeter("P001-PLUG-01", SIM_PLUG.topic(), TASMOTA_CHANNELS, "Time", "Asia/Shanghai")
 SIM_STATION = sim.MqttMeter("P001-WX-01", "wx-01", "weather-json")
 STATION = MqttMeter(
     "P001-WX-01",
@@ -127,7 +122,7 @@ def test_offsets_are_honoured() -> None:
     ],
 )
 def test_local_time_and_daylight_saving(local: str, arrival: str, utc: str) -> None:
-    meter = MqttMeter("PLUG-DE", "tele/p/SENSOR", TASMOTA_PATHS, "Time", "Europe/Berlin")
+    meter = MqttMeter("PLUG-DE", "tele/p/SENSOR", TASMOTA_CHANNELS, "Time", "Europe/Berlin")
     received = dt.datetime.fromisoformat(arrival).replace(tzinfo=dt.UTC)
     payload = json.dumps({"Time": local, "ENERGY": {"Total": 3.5}}).encode()
     out = samples(extract(payload, meter, received))
@@ -208,7 +203,8 @@ JSON = st.recursive(
         {},
         optional={
             "Time": JSON | st.sampled_from(["2026-03-01T12:00:00", "2026-03-01T12:00:00Z"]),
-            "ENERGY": st.dictionaries(st.sampled_from(list(TASMOTA_PATHS.values())), JSON) | JSON,
+            "ENERGY": st.dictionaries(st.sampled_from(list(TASMOTA_CHANNELS.values())), JSON)
+            | JSON,
         },
     )
 )
