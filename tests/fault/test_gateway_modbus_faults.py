@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import pytest
@@ -20,7 +19,6 @@ from gateway_agent.profiles import builtin_profile
 from gateway_agent.sample import Sample
 from gateway_agent.site import Bus, Device, SerialPort
 from simulators.modbus import (
-    Fault,
     ModbusTcpEndpoint,
     PtyRtuBus,
     SerialLine,
@@ -29,7 +27,7 @@ from simulators.modbus import (
 )
 from simulators.modbus.frames import mbap_frame, read_response
 from simulators.modbus.transports import answer
-from tests.support.modbus_fleet import make_site, register_value
+from tests.support.modbus_fleet import Faults, make_site, register_value
 
 pytestmark = pytest.mark.fault
 
@@ -40,14 +38,6 @@ SDM120 = builtin_profile("eastron_sdm120")
 VALUES = {"water_flow_m3h": 1.25, "water_volume_m3": 4321.5, "temperature_c": 12.5,
           "voltage_l1_v": 231.5, "power_w": 1234.0, "energy_import_kwh": 5678.9,
           "frequency_hz": 50.0, "current_l1_a": 5.0, "power_factor": 0.9}  # fmt: skip
-
-
-class Faults:
-    def __init__(self, faults: Mapping[str, Fault]) -> None:
-        self.faults = dict(faults)
-
-    def device_fault(self, meter_id: str, t: datetime) -> Fault:
-        return self.faults.get(meter_id)
 
 
 def sim(profile_id: str, meter: str, faults: Faults) -> SimulatedDevice:

@@ -30,19 +30,12 @@ from simulators.modbus import (
     StaticValues,
 )
 from simulators.modbus.transports import Framing
+from tests.support.modbus_fleet import Faults
 
 pytestmark = pytest.mark.integration
 
 T = datetime(2026, 1, 5, 7, 0, tzinfo=UTC)
 UNITS = {pid: i for i, pid in enumerate(sorted(builtin_profiles()), start=1)}
-
-
-class Faults:
-    def __init__(self, faults: Mapping[str, Fault]) -> None:
-        self.faults = dict(faults)
-
-    def device_fault(self, meter_id: str, t: datetime) -> Fault:
-        return self.faults.get(meter_id)
 
 
 def fleet(faults: Mapping[str, Fault] | None = None) -> dict[int, SimulatedDevice]:

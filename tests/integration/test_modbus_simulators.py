@@ -33,6 +33,7 @@ from simulators.modbus import (
     StaticValues,
 )
 from simulators.modbus.frames import crc16, crc_ok, with_crc
+from tests.support.modbus_fleet import Faults
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +45,6 @@ T0 = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 LINE = SerialLine(19200, "N", 2)
 # pseudo-terminals here refuse PARENB (tcsetattr EINVAL), so clients open them 8N1; the bus
 # still paces 11-bit characters.
-
-
-class Faults:
-    """Device faults by meter id, as a scenario would inject them."""
-
-    def __init__(self, faults: Mapping[str, Fault]) -> None:
-        self.faults = dict(faults)
-
-    def device_fault(self, meter_id: str, t: datetime) -> Fault:
-        return self.faults.get(meter_id)
 
 
 def golden_values(profile: Profile) -> dict[str, float]:

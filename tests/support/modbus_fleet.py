@@ -24,12 +24,22 @@ from gateway_agent.site import (
     Transport,
 )
 from simulators.fleet import Fleet
-from simulators.modbus import PtyRtuBus, SerialLine, SimulatedDevice
+from simulators.modbus import Fault, PtyRtuBus, SerialLine, SimulatedDevice
 from simulators.scenario import load_scenario, plan
 from simulators.serve import GATEWAY_PROFILE, datetime_clock, serve_fleet
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "scenarios" / "residential-small.toml"
+
+
+class Faults:
+    """Device faults by meter id, as a scenario would inject them (a `FaultSource`)."""
+
+    def __init__(self, faults: Mapping[str, Fault]) -> None:
+        self.faults = dict(faults)
+
+    def device_fault(self, meter_id: str, t: dt.datetime) -> Fault:
+        return self.faults.get(meter_id)
 
 
 def load_fleet(name: str = "residential-small") -> Fleet:
