@@ -6,11 +6,11 @@ import datetime as dt
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from contracts.wire import Reason
 from ingest.mappings import MeterMapping, map_message, topic_matches
 from simulators.mqtt_meters import MqttMeter, render, reported
+from tests.support.plug_values import PLUG_VALUES
 
 PLUG = MqttMeter("P001-PLUG-01", "plug-01", "tasmota", "Asia/Shanghai")
 TASMOTA = MeterMapping(
@@ -25,14 +25,7 @@ WEATHER = MeterMapping(
 )  # fmt: skip
 
 
-@given(
-    energy=st.floats(0, 1e6),
-    power=st.floats(0, 3680),
-    pf=st.floats(0, 1),
-    voltage=st.floats(180, 260),
-    current=st.floats(0, 16),
-    t=st.datetimes(min_value=dt.datetime(2024, 1, 1), max_value=dt.datetime(2030, 1, 1)),  # noqa: DTZ001
-)
+@given(**PLUG_VALUES)
 def test_tasmota_round_trip(
     energy: float, power: float, pf: float, voltage: float, current: float, t: dt.datetime
 ) -> None:

@@ -17,6 +17,7 @@ from gateway_agent.site import MqttMeter
 from gateway_agent.site_payloads import Extracted, PayloadError, Skipped, extract
 from ingest.mappings import TASMOTA_CHANNELS
 from simulators import mqtt_meters as sim
+from tests.support.plug_values import PLUG_VALUES
 
 SIM_PLUG = sim.MqttMeter("P001-PLUG-01", "plug-01", "tasmota", "Asia/Shanghai")
 PLUG = MqttMeter("P001-PLUG-01", SIM_PLUG.topic(), TASMOTA_CHANNELS, "Time", "Asia/Shanghai")
@@ -35,14 +36,7 @@ def samples(out: Extracted | PayloadError) -> Extracted:
     return out
 
 
-@given(
-    energy=st.floats(0, 1e6),
-    power=st.floats(0, 3680),
-    pf=st.floats(0, 1),
-    voltage=st.floats(180, 260),
-    current=st.floats(0, 16),
-    t=st.datetimes(min_value=dt.datetime(2024, 1, 1), max_value=dt.datetime(2030, 1, 1)),  # noqa: DTZ001
-)
+@given(**PLUG_VALUES)
 def test_simulated_tasmota_plug_round_trip(
     energy: float, power: float, pf: float, voltage: float, current: float, t: dt.datetime
 ) -> None:
