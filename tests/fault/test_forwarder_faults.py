@@ -25,21 +25,12 @@ from gateway_agent.forwarder import Forwarder
 from gateway_agent.outbox import Outbox
 from gateway_agent.sample import Sample
 from gateway_agent.site import ForwardConfig, OutboxConfig
-from tests.integration.test_forwarder import cycle, running, until
 from tests.support.acker import FakeIngest
 from tests.support.broker import PrivateBroker
+from tests.support.forwarding import cycle, forward_config, running, until
 from tests.support.proxy import TcpProxy
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    b = PrivateBroker(tmp_path / "mosquitto").start()
-    yield b
-    if b.proc is not None:
-        os.kill(b.proc.pid, signal.SIGCONT)
-    b.kill()
 
 
 @pytest.fixture
@@ -50,19 +41,9 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 
 
 def config(url: str, gateway_id: str, **overrides: object) -> ForwardConfig:
-    base: dict[str, object] = {
-        "mqtt_url": url,
-        "client_id": f"{gateway_id}-fwd",
-        "session_expiry_s": 300,
-        "batch_max_readings": 100,
-        "batch_max_age_s": 0.1,
-        "ack_timeout_s": 3.0,
-        "backfill_rate": 100_000.0,
-        "status_interval_s": 3600.0,
-        "keepalive_s": 5,
-    }
-    base.update(overrides)
-    return ForwardConfig(**base)  # type: ignore[arg-type]
+    """Fault-test defaults: a longer session, a short ack timeout and keepalive."""
+    faults: dict[str, object] = {"session_expiry_s": 300, "ack_timeout_s": 3.0, "keepalive_s": 5}
+    return forward_config(url, gateway_id, **(faults | overrides))
 
 
 def test_broker_kill_mid_stream_loses_nothing(broker: PrivateBroker, outbox: Outbox) -> None:

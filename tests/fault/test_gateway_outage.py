@@ -20,7 +20,7 @@ import statistics
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -34,15 +34,13 @@ from gateway_agent.profiles import builtin_profile
 from gateway_agent.sample import Sample
 from gateway_agent.site import Bus, Device, ForwardConfig, OutboxConfig, Site
 from simulators.modbus import SimulatedDevice
-from store.migrations import migrate
-from tests.conftest import DatabaseFactory
+from tests.fault.conftest import SeededStore
 from tests.support.broker import PrivateBroker
 from tests.support.clocks import WarpClock
 from tests.support.device_line import DeviceLine
 from tests.support.ingest_thread import ThreadWorker
 from tests.support.mqtt import Collector
 from tests.support.proxy import TcpProxy
-from tests.support.seed import seed_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 
@@ -125,17 +123,8 @@ def count_before(url: str, ts: dt.datetime) -> int:
 
 
 @pytest.fixture
-def store_url(make_database: DatabaseFactory) -> str:
-    url = make_database()
-    migrate(url, "auto")
-    seed_fleet(url, GATEWAY, METERS)
-    return url
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    with PrivateBroker(tmp_path / "broker") as b:
-        yield b
+def store_url(seeded_store: SeededStore) -> str:
+    return seeded_store(GATEWAY, METERS)
 
 
 class TimedCollector(Collector):

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,13 +17,11 @@ import psutil
 import psycopg
 import pytest
 
-from store.migrations import migrate
-from tests.conftest import DatabaseFactory
+from tests.fault.conftest import SeededStore
 from tests.support.broker import PrivateBroker
 from tests.support.gateway import GatewayDouble
 from tests.support.ingest_thread import ThreadWorker
 from tests.support.proxy import TcpProxy
-from tests.support.seed import seed_fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -34,17 +31,8 @@ T0 = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
 
 
 @pytest.fixture
-def store_url(make_database: DatabaseFactory) -> str:
-    url = make_database()
-    migrate(url, "require")
-    seed_fleet(url, GATEWAY, METERS)
-    return url
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[PrivateBroker]:
-    with PrivateBroker(tmp_path / "broker") as b:
-        yield b
+def store_url(seeded_store: SeededStore) -> str:
+    return seeded_store(GATEWAY, METERS, timescale="require")
 
 
 def stored_keys(url: str) -> set[tuple[str, str, dt.datetime]]:
