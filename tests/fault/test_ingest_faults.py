@@ -22,6 +22,7 @@ from tests.support.broker import PrivateBroker
 from tests.support.gateway import GatewayDouble
 from tests.support.ingest_thread import ThreadWorker
 from tests.support.proxy import TcpProxy
+from tests.support.seed import stored_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault]
 
@@ -35,17 +36,13 @@ def store_url(seeded_store: SeededStore) -> str:
     return seeded_store(GATEWAY, METERS, timescale="require")
 
 
-def stored_keys(url: str) -> set[tuple[str, str, dt.datetime]]:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT m.code, r.channel, r.ts FROM readings r JOIN meters m ON m.id = r.meter_id"
-        ).fetchall()
-    return {(str(a), str(b), c) for a, b, c in rows}
+def set_of_stored(url: str) -> set[tuple[str, str, dt.datetime]]:
+    return set(stored_rows(url))
 
 
 def assert_ledger(url: str, gateway: GatewayDouble) -> None:
     sent = {(r.meter_id, r.channel, r.ts) for r in gateway.sent}
-    stored = stored_keys(url)
+    stored = set_of_stored(url)
     assert stored == sent, f"lost {len(sent - stored)}, unexpected {len(stored - sent)}"
     with psycopg.connect(url) as conn:
         total = conn.execute("SELECT count(*) FROM readings").fetchone()
@@ -170,10 +167,10 @@ def test_r7_database_away_for_two_minutes(store_url: str, broker: PrivateBroker)
                 i += 20
                 peak = max(peak, rss.memory_info().rss)
                 assert proc.poll() is None, "ingest exited during the outage"
-            stored_before = len(stored_keys(store_url))
+            stored_before = len(set_of_stored(store_url))
             proxy.start()
             recovered = time.monotonic()
-            while len(stored_keys(store_url)) == stored_before:
+            while len(set_of_stored(store_url)) == stored_before:
                 assert time.monotonic() - recovered < 30, "ingest did not resume within 30 s"
                 time.sleep(0.2)
             gateway.drain(timeout=180)

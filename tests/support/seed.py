@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import psycopg
 
 from contracts.fixtures import golden_registry
@@ -60,3 +62,12 @@ def seed_fleet(url: str, gateway: str, meters: list[str], project: str = "PF") -
                 " VALUES (%s, %s, 'electricity', 'test')",
                 [(row[0], m) for m in meters],
             )
+
+
+def stored_rows(url: str) -> list[tuple[str, str, dt.datetime]]:
+    """Every stored reading's key (meter code, channel, ts), one entry per row."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT m.code, r.channel, r.ts FROM readings r JOIN meters m ON m.id = r.meter_id"
+        ).fetchall()
+    return [(str(a), str(b), c) for a, b, c in rows]
