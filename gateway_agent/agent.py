@@ -20,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -36,7 +36,7 @@ from gateway_agent.poller import LineFactory, Poller
 from gateway_agent.sample import Sample
 from gateway_agent.site import Site
 
-log = logging.getLogger("meterward.gateway")
+log = structlog.get_logger("meterward.gateway")
 
 
 class GatewayAgent:
@@ -92,12 +92,10 @@ class GatewayAgent:
         if outcome.rejected or outcome.thinned or outcome.overwritten:
             log.warning(
                 "outbox policy acted",
-                extra={
-                    "gateway": self.site.gateway_id,
-                    "rejected": outcome.rejected,
-                    "thinned": outcome.thinned,
-                    "overwritten": outcome.overwritten,
-                },
+                gateway=self.site.gateway_id,
+                rejected=outcome.rejected,
+                thinned=outcome.thinned,
+                overwritten=outcome.overwritten,
             )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -109,13 +107,11 @@ class GatewayAgent:
             inputs.append(asyncio.create_task(self.mqtt_input.run(stop), name="mqtt-input"))
         log.info(
             "gateway started",
-            extra={
-                "gateway": self.site.gateway_id,
-                "boot_id": str(self.boot_id),
-                "devices": len(self.site.devices),
-                "mqtt_meters": len(self.site.mqtt_meters),
-                "outbox_rows": self.outbox.rows(),
-            },
+            gateway=self.site.gateway_id,
+            boot_id=str(self.boot_id),
+            devices=len(self.site.devices),
+            mqtt_meters=len(self.site.mqtt_meters),
+            outbox_rows=self.outbox.rows(),
         )
         try:
             # The inputs return once `stop` is set and their cycle is committed; the forwarder
@@ -140,7 +136,10 @@ class GatewayAgent:
                 with contextlib.suppress(BaseException):
                     await forwarding
             await asyncio.to_thread(self.outbox.close)
-            log.info("gateway stopped", extra={"gateway": self.site.gateway_id})
+            log.info(
+                "gateway stopped",
+                gateway=self.site.gateway_id,
+            )
 
     def status(self) -> Mapping[str, Any]:
         """The heartbeat's body: who we are, per-device health, outbox depth, counters."""
