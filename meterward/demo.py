@@ -291,6 +291,9 @@ class DemoStack:
             shared=False,
         )
         worker = IngestWorker(pool, consumer)
+        # The demo is transient: against a real broker (MW_MQTT_URL) a session left behind
+        # would queue every gateway's readings for a week for a worker that never returns.
+        worker.end_session_on_stop = True
         thread = threading.Thread(target=worker.run, name="ingest", daemon=True)
         thread.start()
         if not consumer.connected.wait(15):
