@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Final, Literal, Protocol
 
@@ -121,7 +122,7 @@ def make_client(bus: Bus) -> Client:
     )
 
 
-class _LineBase:
+class _LineBase(ABC):
     """What every line does around one transaction: the lock (one at a time), retries, the
     RTU inter-frame silence, and connecting on demand with a growing wait after a refusal.
 
@@ -190,16 +191,19 @@ class _LineBase:
         self.connects += 1
         self._connect_wait = 0.0
 
+    @abstractmethod
     def _connected(self) -> bool:
-        raise NotImplementedError
+        """Whether the transport is up."""
 
+    @abstractmethod
     async def _connect(self) -> bool:
-        raise NotImplementedError
+        """Open the transport; False when it cannot be opened now."""
 
+    @abstractmethod
     async def _attempt(
         self, unit_id: int, function: int, address: int, count: int
     ) -> tuple[int, ...]:
-        raise NotImplementedError
+        """One request and its answer; raises only `ModbusError`."""
 
 
 class PymodbusLine(_LineBase):
