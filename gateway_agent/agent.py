@@ -80,23 +80,14 @@ class GatewayAgent:
             status=self.status,
             clock=forward_clock or self.clock,
         )
-        self.cycles_accepted = 0
 
     async def accept(self, samples: Sequence[Sample]) -> None:
         """One cycle into the outbox, in one transaction, off the event loop (fsync)."""
         if not samples:
             return
-        outcome = await asyncio.to_thread(self.outbox.append, samples)
-        self.cycles_accepted += 1
+        # The outbox logs and counts any policy action itself.
+        await asyncio.to_thread(self.outbox.append, samples)
         self.forwarder.notify()
-        if outcome.rejected or outcome.thinned or outcome.overwritten:
-            log.warning(
-                "outbox policy acted",
-                gateway=self.site.gateway_id,
-                rejected=outcome.rejected,
-                thinned=outcome.thinned,
-                overwritten=outcome.overwritten,
-            )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop`; the poll cycle under way is finished and committed first."""
