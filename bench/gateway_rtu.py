@@ -86,15 +86,7 @@ def site_for(path: str, baud: int, devices: int) -> Site:
         env="dev",
         buses={"rs485": bus},
         devices=tuple(
-            Device(
-                f"m{u}",
-                "rs485",
-                u,
-                profile,
-                tuple(profile.channels.values()),
-                dict.fromkeys(profile.poll_groups, 5.0),
-                profile.max_registers_per_read,
-            )
+            Device.of(f"m{u}", "rs485", u, profile, dict.fromkeys(profile.poll_groups, 5.0))
             for u in range(1, devices + 1)
         ),
         mqtt_meters=(),

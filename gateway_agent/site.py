@@ -101,6 +101,27 @@ class Device:
     poll_groups: Mapping[str, float]  # group -> seconds (profile defaults, site overrides)
     max_registers_per_read: int  # the profile's, or lower for a fussy converter
 
+    @classmethod
+    def of(
+        cls,
+        meter_id: str,
+        bus: str,
+        unit_id: int,
+        profile: Profile,
+        poll_groups: Mapping[str, float] | None = None,
+    ) -> Device:
+        """A device on its profile's defaults: every channel, its largest read, its poll
+        intervals (`poll_groups` overrides some of them)."""
+        return cls(
+            meter_id,
+            bus,
+            unit_id,
+            profile,
+            tuple(profile.channels.values()),
+            {**profile.poll_groups, **(poll_groups or {})},
+            profile.max_registers_per_read,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class MqttMeter:

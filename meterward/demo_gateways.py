@@ -115,17 +115,7 @@ def sites_for_fleet(
             )
             profile = builtin_profile(GATEWAY_PROFILE[loc.profile])
             assert loc.unit_id is not None
-            devices.append(
-                Device(
-                    meter_id=loc.meter_id,
-                    bus=name,
-                    unit_id=loc.unit_id,
-                    profile=profile,
-                    channels=tuple(profile.channels.values()),
-                    poll_groups=dict(profile.poll_groups),
-                    max_registers_per_read=profile.max_registers_per_read,
-                )
-            )
+            devices.append(Device.of(loc.meter_id, name, loc.unit_id, profile))
         sites.append(
             Site(
                 gateway_id=gw,

@@ -47,9 +47,7 @@ def sim(profile_id: str, meter: str, faults: Faults) -> SimulatedDevice:
 
 
 def device(meter: str, unit: int, profile_id: str, bus: str = "bus") -> Device:
-    profile = builtin_profile(profile_id)
-    return Device(meter, bus, unit, profile, tuple(profile.channels.values()),
-                  dict(profile.poll_groups), profile.max_registers_per_read)  # fmt: skip
+    return Device.of(meter, bus, unit, builtin_profile(profile_id))
 
 
 def assert_values(samples: list[Sample], meters: set[str]) -> None:

@@ -35,8 +35,7 @@ def word_swapped(profile: Profile) -> Profile:
 
 
 def device(meter: str, unit: int, profile: Profile) -> Device:
-    return Device(meter, "conv", unit, profile, tuple(profile.channels.values()),
-                  dict(profile.poll_groups), profile.max_registers_per_read)  # fmt: skip
+    return Device.of(meter, "conv", unit, profile)
 
 
 def test_check_reports_values_plausibility_and_word_order() -> None:

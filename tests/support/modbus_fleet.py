@@ -54,17 +54,7 @@ def devices_of(fleet: Fleet) -> list[Device]:
         if meter.transport != "modbus" or meter.bus is None or meter.unit_id is None:
             continue
         profile = builtin_profile(GATEWAY_PROFILE[meter.profile])
-        out.append(
-            Device(
-                meter_id=meter.meter_id,
-                bus=meter.bus,
-                unit_id=meter.unit_id,
-                profile=profile,
-                channels=tuple(profile.channels.values()),
-                poll_groups=dict(profile.poll_groups),
-                max_registers_per_read=profile.max_registers_per_read,
-            )
-        )
+        out.append(Device.of(meter.meter_id, meter.bus, meter.unit_id, profile))
     return out
 
 

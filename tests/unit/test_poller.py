@@ -29,15 +29,7 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z, a multiple of every interval
 
 
 def device(meter: str, unit: int, bus: str = "b1", **groups: float) -> Device:
-    return Device(
-        meter_id=meter,
-        bus=bus,
-        unit_id=unit,
-        profile=SDM120,
-        channels=tuple(SDM120.channels.values()),
-        poll_groups={**SDM120.poll_groups, **groups},
-        max_registers_per_read=SDM120.max_registers_per_read,
-    )
+    return Device.of(meter, bus, unit, SDM120, groups)
 
 
 class ScriptedLine:
