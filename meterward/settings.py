@@ -137,6 +137,68 @@ class IngestSettings(BaseModel):
     mappings: list[MappingSettings] = Field(default_factory=list)
 
 
+class AnalyticsSettings(BaseModel):
+    """`meterward analytics run`: the scheduled analytics worker."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    worker_id: str = Field(
+        default="meterward-analytics-1",
+        min_length=1,
+        description="names this worker in run records and logs; several may run at once",
+    )
+    tick_minutes: int = Field(
+        default=15, ge=1, le=60, description="the short tick, aligned to UTC wall-clock"
+    )
+    settle_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="a tick runs this long after its window closes, so readings still in"
+        " flight from the gateways are in",
+    )
+    daily_hour: int = Field(
+        default=1,
+        ge=0,
+        le=23,
+        description="local hour after midnight at which the daily job runs (it also waits"
+        " until the short ticks have covered the whole day)",
+    )
+    max_ticks_per_step: int = Field(
+        default=16,
+        ge=1,
+        description="catch-up: at most this many short ticks' worth in one transaction",
+    )
+    max_days_per_step: int = Field(
+        default=1, ge=1, description="catch-up: at most this many days in one daily step"
+    )
+    initial_backfill_hours: float = Field(
+        default=24.0,
+        ge=0,
+        description="a project seen for the first time is processed from this long ago",
+    )
+    lookback_days: float = Field(
+        default=28.0,
+        ge=0,
+        description="history loaded before each window for baselines (same hour of week)",
+    )
+    threads: int = Field(default=2, ge=1, le=64, description="projects processed in parallel")
+    projects_refresh_s: float = Field(
+        default=300.0, gt=0, description="how often new projects are picked up"
+    )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve Prometheus metrics on 127.0.0.1:PORT"
+    )
+
+    @field_validator("tick_minutes")
+    @classmethod
+    def _divides_the_hour(cls, value: int) -> int:
+        # Ticks align to wall-clock boundaries; a length that does not divide the hour would
+        # drift across hours and make windows differ between workers started at other times.
+        if 60 % value:
+            raise ValueError("must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60)")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything a meterward process reads from its environment."""
 
@@ -164,6 +226,7 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=8, ge=1)
     demo: DemoSettings = DemoSettings()
     ingest: IngestSettings = IngestSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
     @field_validator("database_url")
     @classmethod
