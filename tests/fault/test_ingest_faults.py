@@ -173,8 +173,14 @@ def test_r7_database_away_for_two_minutes(store_url: str, broker: PrivateBroker)
             while len(set_of_stored(store_url)) == stored_before:
                 assert time.monotonic() - recovered < 30, "ingest did not resume within 30 s"
                 time.sleep(0.2)
+            resumed_s = time.monotonic() - recovered
             gateway.drain(timeout=180)
             assert_ledger(store_url, gateway)
+            mib = 2**20
+            print(  # the figures bench/RESULTS.md quotes (pytest -s)
+                f"R7: worker RSS {baseline / mib:.1f} MiB before, peak {peak / mib:.1f} MiB"
+                f" during a {outage_s:.0f} s outage; first commit {resumed_s:.1f} s after recovery"
+            )
             assert peak <= 1.5 * baseline, f"RSS grew from {baseline} to {peak} bytes"
         finally:
             gateway.close()
