@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from analytics.jobs import JobConfig, Project, default_trigger, lock_key
 from analytics.schedule import (
     day_ceil,
     day_floor,
@@ -170,3 +171,22 @@ def test_lag_is_never_negative() -> None:
     t = dt.datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
     assert lag(t, t - Q) == dt.timedelta(0)
     assert lag(t, t + Q) == Q
+
+
+def test_wake_ups_fall_on_tick_boundaries_plus_the_settle_delay() -> None:
+    config = JobConfig(tick=Q, settle=dt.timedelta(minutes=2), daily_hour=1)
+    project = Project(1, "P", "Asia/Shanghai")
+    trigger = default_trigger(config, "intraday", project)
+    now = dt.datetime(2026, 3, 1, 10, 3, 30, tzinfo=UTC)
+    fire = trigger.get_next_fire_time(None, now)
+    assert fire == dt.datetime(2026, 3, 1, 10, 17, tzinfo=UTC)
+    assert trigger.get_next_fire_time(fire, fire) == fire + Q
+    # The daily wake-up is at 01:05 in the project's zone: 17:05 UTC the day before.
+    daily = default_trigger(config, "daily", project).get_next_fire_time(None, now)
+    assert daily == dt.datetime(2026, 3, 1, 17, 5, tzinfo=UTC)
+
+
+def test_lock_keys_differ_by_kind_and_project() -> None:
+    keys = {lock_key(k, p) for k in ("intraday", "daily") for p in (1, 2, 2**31 + 1)}
+    assert len(keys) == 4  # project 2**31 + 1 wraps onto project 1: they take turns
+    assert all(-(2**31) <= a < 2**31 and 0 <= b < 2**31 for a, b in keys)

@@ -1,0 +1,380 @@
+"""The analytics scheduler on real PostgreSQL: advisory locks, cursors, catch-up, failures.
+
+The tick body here is a recording callable: it writes a row into a table of its own on the
+step's connection (so what a rolled-back step wrote is seen to vanish) and remembers each call.
+The scheduler, the locks and the cursors under test are the real ones.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import ConnectionPool
+
+from analytics.jobs import (
+    AnalyticsWorker,
+    JobConfig,
+    Project,
+    TickContext,
+    TickOutcome,
+    job_status,
+    running,
+)
+from analytics.schedule import JobKind, day_floor, floor_tick
+from store.migrations import migrate
+from store.pool import open_pool
+from tests.conftest import DatabaseFactory
+
+pytestmark = pytest.mark.integration
+
+UTC = dt.UTC
+Q = dt.timedelta(minutes=15)
+# Three projects in three zones: UTC, a zone 8 h ahead, one with DST.
+PROJECTS = {"P-UTC": "UTC", "P-SHA": "Asia/Shanghai", "P-NYC": "America/New_York"}
+START = dt.datetime(2026, 3, 7, 9, 4, tzinfo=UTC)  # New York's DST starts 8 March 2026
+
+
+class FakeClock:
+    """The clock every worker of a test reads; the test moves it."""
+
+    def __init__(self, now: dt.datetime) -> None:
+        self._now = now
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dt.datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, by: dt.timedelta) -> None:
+        with self._lock:
+            self._now += by
+
+
+@dataclass
+class Recorder:
+    """A tick body that records its calls and writes one marker row per call."""
+
+    delay_s: float = 0.0
+    fail: Callable[[TickContext], bool] = lambda ctx: False
+    calls: list[tuple[str, JobKind, str, dt.datetime, dt.datetime]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, ctx: TickContext) -> TickOutcome:
+        ctx.conn.execute(
+            "INSERT INTO tick_marks (kind, project, window_start, worker) VALUES (%s, %s, %s, %s)",
+            (ctx.kind, ctx.project.code, ctx.window.start, ctx.worker_id),
+        )
+        with self.lock:
+            self.calls.append(
+                (ctx.worker_id, ctx.kind, ctx.project.code, ctx.window.start, ctx.window.end)
+            )
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail(ctx):
+            raise RuntimeError(f"injected failure for {ctx.project.code}")
+        return TickOutcome(rows={"tick_marks": 1})
+
+
+@pytest.fixture
+def db(make_database: DatabaseFactory) -> str:
+    url = make_database()
+    migrate(url, "auto")
+    with psycopg.connect(url, autocommit=True) as conn:
+        org = conn.execute(
+            "INSERT INTO organisations (code, name) VALUES ('t', 't') RETURNING id"
+        ).fetchone()
+        assert org is not None
+        for code, zone in PROJECTS.items():
+            conn.execute(
+                "INSERT INTO projects (organisation_id, code, name, time_zone)"
+                " VALUES (%s, %s, %s, %s)",
+                (org[0], code, code, zone),
+            )
+        conn.execute(
+            "CREATE TABLE tick_marks (kind text, project text, window_start timestamptz,"
+            " worker text)"
+        )
+    return url
+
+
+@pytest.fixture
+def pools(db: str) -> Iterator[Callable[[], ConnectionPool]]:
+    opened: list[ConnectionPool] = []
+
+    def make() -> ConnectionPool:
+        pool = open_pool(db, min_size=1, max_size=4, name="mw-test-analytics")
+        opened.append(pool)
+        return pool
+
+    yield make
+    for pool in opened:
+        pool.close()
+
+
+CONFIG = JobConfig(
+    tick=Q,
+    settle=dt.timedelta(minutes=2),
+    daily_hour=1,
+    max_ticks_per_step=16,
+    initial_backfill=dt.timedelta(hours=6),
+    threads=3,
+)
+
+
+def done_runs(url: str) -> list[tuple[str, str, dt.datetime, dt.datetime, int]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT r.kind, p.code, r.window_start, r.window_end, r.units FROM analytics_runs r"
+            " JOIN projects p ON p.id = r.project_id WHERE r.status = 'done'"
+            " ORDER BY r.kind, p.code, r.window_start"
+        ).fetchall()
+    return [(str(k), str(c), s, e, int(u)) for k, c, s, e, u in rows]
+
+
+def cursors(url: str) -> dict[tuple[str, str], dt.datetime]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT c.kind, p.code, c.done_until FROM analytics_job_cursors c"
+            " JOIN projects p ON p.id = c.project_id"
+        ).fetchall()
+    return {(str(k), str(c)): d for k, c, d in rows}
+
+
+def marks(url: str) -> list[tuple[str, str, dt.datetime]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT kind, project, window_start FROM tick_marks ORDER BY 1, 2, 3"
+        ).fetchall()
+    return [(str(k), str(p), s) for k, p, s in rows]
+
+
+def assert_tiled_once(url: str, recorders: list[Recorder]) -> dict[tuple[str, str], int]:
+    """Done runs of each (kind, project) tile time from its first start to its cursor with no
+    gap and no overlap; every tick body call belongs to exactly one done run. Returns the
+    number of ticks (or days) covered per (kind, project)."""
+    runs = done_runs(url)
+    ends = cursors(url)
+    covered: dict[tuple[str, str], int] = {}
+    by_job: dict[tuple[str, str], list[tuple[dt.datetime, dt.datetime, int]]] = {}
+    for kind, code, start, end, units in runs:
+        by_job.setdefault((kind, code), []).append((start, end, units))
+    for job, windows in by_job.items():
+        for (_, prev_end, _), (start, _, _) in itertools.pairwise(windows):
+            assert start == prev_end, f"{job}: gap or overlap at {start}"
+        assert windows[-1][1] == ends[job]
+        covered[job] = sum(u for _, _, u in windows)
+    calls = sorted((k, p, s, e) for r in recorders for _, k, p, s, e in r.calls)
+    assert calls == sorted((k, c, s, e) for k, c, s, e, _ in runs)
+    assert marks(url) == sorted((k, c, s) for k, c, s, _, _ in runs)
+    return covered
+
+
+def test_two_workers_process_each_project_once_per_tick(
+    db: str, pools: Callable[[], ConnectionPool]
+) -> None:
+    """Two workers wake together at every tick for 8 hours of ticks: each (project, tick) is
+    done by exactly one of them."""
+    clock = FakeClock(START)
+    rec_a, rec_b = Recorder(delay_s=0.01), Recorder(delay_s=0.01)
+    a = AnalyticsWorker(pools(), {"intraday": rec_a, "daily": rec_a}, config=CONFIG,
+                        clock=clock, worker_id="a")  # fmt: skip
+    b = AnalyticsWorker(pools(), {"intraday": rec_b, "daily": rec_b}, config=CONFIG,
+                        clock=clock, worker_id="b")  # fmt: skip
+    for _ in range(32):
+        clock.advance(Q)
+        barrier = threading.Barrier(2)
+
+        def wake(worker: AnalyticsWorker, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            worker.run_all()
+
+        threads = [threading.Thread(target=wake, args=(w,)) for w in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    covered = assert_tiled_once(db, [rec_a, rec_b])
+    now = clock()
+    for code, zone in PROJECTS.items():
+        start = cursors(db)[("intraday", code)]
+        assert start == floor_tick(now - CONFIG.settle, Q)
+        # From the initial cursor (local midnight 6 h before the start) to now, every tick.
+        first = floor_tick(day_floor(START - CONFIG.initial_backfill, zone), Q)
+        assert covered[("intraday", code)] == (start - first) // Q
+    # Both took part; the locks made them take turns rather than double up.
+    assert rec_a.calls
+    assert rec_b.calls
+    locked = sum(
+        w.metrics.registry.get_sample_value(
+            "analytics_steps_total", {"kind": k, "result": "locked"}
+        )
+        or 0
+        for w in (a, b)
+        for k in ("intraday", "daily")
+    )
+    assert locked > 0
+
+
+def test_two_scheduled_workers_with_apscheduler(
+    db: str, pools: Callable[[], ConnectionPool]
+) -> None:
+    """The same with real APScheduler schedulers (fast wake-ups instead of 15-minute ones)
+    while the shared clock moves a tick every 100 ms."""
+    from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    def fast(kind: JobKind, project: Project) -> Any:
+        return IntervalTrigger(seconds=0.02)
+
+    clock = FakeClock(START)
+    recs = [Recorder(delay_s=0.005), Recorder(delay_s=0.005)]
+    workers = [
+        AnalyticsWorker(
+            pools(),
+            {"intraday": r, "daily": r},
+            config=CONFIG,
+            clock=clock,
+            worker_id=f"w{i}",
+            triggers=fast,
+        )
+        for i, r in enumerate(recs)
+    ]
+    with running(workers[0]), running(workers[1]):
+        for _ in range(40):
+            clock.advance(Q)
+            time.sleep(0.1)
+        horizon = floor_tick(clock() - CONFIG.settle, Q)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            c = cursors(db)
+            if all(c.get(("intraday", p)) == horizon for p in PROJECTS):
+                break
+            time.sleep(0.05)
+        assert {w.scheduled_jobs()[0][0] for w in workers} == {"daily:1"}
+    assert all(cursors(db)[("intraday", p)] == horizon for p in PROJECTS)
+    covered = assert_tiled_once(db, recs)
+    # Local days that ended (plus daily_hour) before 19:04 UTC and that intraday covered:
+    # Shanghai's 7 March (ends 16:00 UTC) and New York's 6 March (ends 05:00 UTC on the 7th);
+    # UTC's 7 March has not ended.
+    days = {p: covered.get(("daily", p), 0) for p in PROJECTS}
+    assert days == {"P-UTC": 0, "P-SHA": 1, "P-NYC": 1}
+    assert recs[0].calls
+    assert recs[1].calls
+
+
+def test_catch_up_after_six_hours_down_takes_seconds(
+    db: str, pools: Callable[[], ConnectionPool]
+) -> None:
+    clock = FakeClock(START)
+    rec = Recorder()
+    worker = AnalyticsWorker(pools(), {"intraday": rec, "daily": rec}, config=CONFIG, clock=clock)
+    worker.run_all()
+    before = cursors(db)
+    runs_before = len(done_runs(db))
+    clock.advance(dt.timedelta(hours=6))
+    t0 = time.monotonic()
+    summaries = worker.run_all()
+    elapsed = time.monotonic() - t0
+    assert elapsed < 5, elapsed
+    after = cursors(db)
+    for code in PROJECTS:
+        assert after[("intraday", code)] - before[("intraday", code)] == dt.timedelta(hours=6)
+    intraday = [s for s in summaries if s.kind == "intraday"]
+    # 24 ticks in steps of at most 16: two bounded transactions per project, oldest first.
+    assert [(s.steps, s.units, s.stopped) for s in intraday] == [(2, 24, "idle")] * 3
+    new_runs = done_runs(db)[runs_before:]
+    assert all(u <= CONFIG.max_ticks_per_step for k, _, _, _, u in new_runs if k == "intraday")
+    assert_tiled_once(db, [rec])
+
+
+def test_a_failing_project_does_not_stop_others_and_is_retried(
+    db: str, pools: Callable[[], ConnectionPool]
+) -> None:
+    clock = FakeClock(START)
+    broken = {"on": True}
+    rec = Recorder(fail=lambda ctx: broken["on"] and ctx.project.code == "P-SHA")
+    worker = AnalyticsWorker(pools(), {"intraday": rec, "daily": rec}, config=CONFIG, clock=clock)
+    worker.run_all()
+    first = cursors(db)
+    stuck = first[("intraday", "P-SHA")]
+    clock.advance(Q)
+    worker.run_all()
+    after = cursors(db)
+    # The others moved on; the broken one stayed where it was, its writes rolled back.
+    assert after[("intraday", "P-UTC")] == first[("intraday", "P-UTC")] + Q
+    assert after[("intraday", "P-NYC")] == first[("intraday", "P-NYC")] + Q
+    assert after[("intraday", "P-SHA")] == stuck
+    assert not [m for m in marks(db) if m[1] == "P-SHA"]
+    with psycopg.connect(db) as conn:
+        failed = conn.execute(
+            "SELECT count(*), min(detail->>'error') FROM analytics_runs r"
+            " JOIN projects p ON p.id = r.project_id WHERE p.code = 'P-SHA'"
+            " AND r.status = 'failed'"
+        ).fetchone()
+        assert failed is not None
+        assert failed[0] == 2
+        assert "injected failure for P-SHA" in failed[1]
+        status = {(s.project, s.kind): s for s in job_status(conn)}
+    assert status[("P-SHA", "intraday")].last_status == "failed"
+    assert status[("P-SHA", "intraday")].failures_since_done == 2
+    # Fixed: the next wake-up does the failed windows and what came since, once each.
+    broken["on"] = False
+    clock.advance(Q)
+    worker.run_all()
+    assert cursors(db)[("intraday", "P-SHA")] == cursors(db)[("intraday", "P-UTC")]
+    runs = done_runs(db)
+    assert ("intraday", "P-SHA", stuck) in {(k, p, s) for k, p, s, _, _ in runs}
+    assert sorted((k, p, s) for k, p, s, _, _ in runs) == marks(db)
+
+
+def test_stop_finishes_the_step_in_hand_and_starts_no_other(
+    db: str, pools: Callable[[], ConnectionPool]
+) -> None:
+    clock = FakeClock(START)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(ctx: TickContext) -> TickOutcome:
+        entered.set()
+        assert release.wait(10)
+        ctx.conn.execute(
+            "INSERT INTO tick_marks VALUES (%s, %s, %s, %s)",
+            (ctx.kind, ctx.project.code, ctx.window.start, ctx.worker_id),
+        )
+        return TickOutcome(rows={"tick_marks": 1})
+
+    cfg = JobConfig(tick=Q, settle=CONFIG.settle, max_ticks_per_step=1,
+                    initial_backfill=dt.timedelta(hours=6), threads=1)  # fmt: skip
+    worker = AnalyticsWorker(pools(), {"intraday": slow, "daily": slow}, config=cfg, clock=clock)
+    worker.start()
+    assert entered.wait(10)
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    time.sleep(0.3)
+    assert stopper.is_alive(), "stop() returned while a step was still running"
+    release.set()
+    stopper.join(10)
+    assert not stopper.is_alive()
+    # The step in hand committed (one tick, max_ticks_per_step=1); no other step started,
+    # although many ticks were due.
+    runs = done_runs(db)
+    assert len(runs) == 1
+    assert marks(db) == [(runs[0][0], runs[0][1], runs[0][2])]
+
+
+def test_status_lists_every_job(db: str, pools: Callable[[], ConnectionPool]) -> None:
+    clock = FakeClock(START)
+    rec = Recorder()
+    AnalyticsWorker(pools(), {"intraday": rec, "daily": rec}, config=CONFIG, clock=clock).run_all()
+    with psycopg.connect(db) as conn:
+        status = job_status(conn)
+    assert sorted((s.project, s.kind) for s in status) == sorted(
+        (p, k) for p in PROJECTS for k in ("daily", "intraday")
+    )
+    assert all(s.last_status in {"done", None} for s in status)
