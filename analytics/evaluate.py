@@ -21,11 +21,12 @@ Scoring rules (decisions, each one a knob below):
   poll at all); `clock_drift` and `retrofit` have no finding kind of their own.
 - **Communication loss** is expected only where the device really went silent: a
   `no_response`, `busy` or `slow` fault (slow only when its delay exceeds the gateway timeout,
-  the ledger's `times_out`) whose window overlaps a run of `comm_error` readings on that meter
-  lasting at least `comm_loss_min` (run length x the meter's cadence). A `busy` fault of low
-  probability that only lost single polls is not a communication loss anyone should be paged
-  for; a detector that still reports it is not wrong either, so such a finding is *explained*
-  (see below), neither a hit nor a false positive.
+  the ledger's `times_out`) whose window overlaps a run of at least `comm_loss_polls` (2)
+  consecutive `comm_error` polls on that meter - the silence rule of
+  `analytics.detectors.comm_loss`. A `busy` fault of low probability that only lost single
+  polls here and there must not count against recall (it is often physically undetectable); a
+  detector that still reports it (its intermittent rule) is not wrong either, so such a finding
+  is *explained* (see below), neither a hit nor a false positive.
 - A detection **matches** a fault when it is on the same meter, of the mapped kind, and the time
   ranges overlap once the fault's range is widened by `tolerance` on both sides (an open-ended
   fault runs to the end of the data). Detections are findings (`subject` as the meter) plus,
@@ -134,7 +135,9 @@ BEFORE_FAILURE_TARGET: Final = 0.8
 CONSUMPTION_TOLERANCE: Final = 0.001
 
 DEFAULT_TOLERANCE: Final = timedelta(hours=1)
-DEFAULT_COMM_LOSS_MIN: Final = timedelta(hours=1)
+# Consecutive lost polls that make a communication loss (analytics.detectors.comm_loss's
+# silence rule uses the same count).
+DEFAULT_COMM_LOSS_POLLS: Final = 2
 
 _DETECTION_EVENTS: Final = ("rollover", "reset", "replacement", "bad_read", "unexplained_drop")
 
@@ -203,7 +206,8 @@ CONSUMPTION_ERROR_SCHEMA: Final = _schema(
 def comm_error_runs(
     readings: pl.DataFrame | pl.LazyFrame, meter_ids: Iterable[str]
 ) -> pl.DataFrame:
-    """Runs of consecutive `comm_error` instants per meter: `meter_id, start, end, silence`.
+    """Runs of consecutive `comm_error` instants per meter: `meter_id, start, end, polls,
+    silence`.
 
     A meter's quality is the same on all its channels at an instant (the device answered or it
     did not), so runs are found on instants. `silence` is the run's length in readings times
@@ -243,9 +247,10 @@ def comm_error_runs(
         .agg(
             pl.col("ts").min().alias("start"),
             pl.col("ts").max().alias("end"),
+            pl.len().alias("polls"),
             (pl.len().cast(pl.Int64) * pl.col("cadence").first()).alias("silence"),
         )
-        .select("meter_id", "start", "end", "silence")
+        .select("meter_id", "start", "end", "polls", "silence")
         .sort("meter_id", "start")
     )
     return instants.collect()
@@ -292,7 +297,7 @@ def ground_truth(
     *,
     horizon: object,
     scenario: str = "",
-    comm_loss_min: timedelta = DEFAULT_COMM_LOSS_MIN,
+    comm_loss_polls: int = DEFAULT_COMM_LOSS_POLLS,
 ) -> pl.DataFrame:
     """What a perfect pipeline reports for a ledger: one row per (fault, finding kind), with
     `required` True for faults recall is scored on and False for faults that only explain a
@@ -332,7 +337,7 @@ def ground_truth(
         .filter(
             (pl.col("start_run") < pl.col("end"))
             & (pl.col("end_run") >= pl.col("start"))
-            & (pl.col("silence") >= comm_loss_min)
+            & (pl.col("polls") >= comm_loss_polls)
         )
         .get_column("fault_id")
         .unique()
@@ -753,7 +758,7 @@ def evaluate(
     meters: pl.DataFrame | None = None,
     scenario: str = "",
     tolerance: timedelta = DEFAULT_TOLERANCE,
-    comm_loss_min: timedelta = DEFAULT_COMM_LOSS_MIN,
+    comm_loss_polls: int = DEFAULT_COMM_LOSS_POLLS,
 ) -> Evaluation:
     """Score one pass (findings, counter events, consumption intervals) against its ledger
     (faults, and readings with `true_value`). See the module docstring for the rules.
@@ -778,7 +783,7 @@ def evaluate(
     """
     horizon = readings.lazy().select(pl.col("ts").cast(TS).max()).collect().item()
     truth = ground_truth(
-        faults, readings, horizon=horizon, scenario=scenario, comm_loss_min=comm_loss_min
+        faults, readings, horizon=horizon, scenario=scenario, comm_loss_polls=comm_loss_polls
     )
     found = detections(findings, events, scenario=scenario)
     per_fault, per_det = match(truth, found, tolerance)
