@@ -15,6 +15,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from meterward import __version__
+from meterward.cli_analytics import analytics_app
 from meterward.cli_analyze import analyze_app
 from meterward.cli_gateway import gateway_app
 from meterward.cli_ingest import ingest_app
@@ -33,6 +34,7 @@ db_app = typer.Typer(help="The store: schema migrations and status.", no_args_is
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.add_typer(analytics_app, name="analytics")
 app.add_typer(analyze_app, name="analyze")
 app.add_typer(gateway_app, name="gateway")
 app.add_typer(ingest_app, name="ingest")
