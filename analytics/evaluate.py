@@ -362,6 +362,7 @@ def ground_truth(
             )
             .alias("deadline"),
         )
+        .filter(pl.col("required"))
     )
     # Every fault also explains detections of the kinds it physically causes; a comm fault that
     # did not silence the meter long enough explains a comm_loss instead of requiring one.
