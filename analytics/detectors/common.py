@@ -38,7 +38,7 @@ US_PER_H: Final = 3_600 * US_PER_S
 _TS_BITS: Final = 32
 _MAX_STREAMS: Final = 1 << 31
 
-Evidence = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+Evidence = Callable[[dict[str, Any]], Mapping[str, Any]]
 
 
 # -- local time -------------------------------------------------------------------------------
@@ -253,10 +253,17 @@ def runs(
     )
 
 
-def merge_overlaps(lf: pl.LazyFrame, *, key: str, gap: pl.Expr | None = None) -> pl.LazyFrame:
+def merge_overlaps(
+    lf: pl.LazyFrame,
+    *,
+    key: str,
+    gap: pl.Expr | None = None,
+    aggs: Iterable[pl.Expr] | None = None,
+) -> pl.LazyFrame:
     """Merge intervals (`key`, `start`, `end`) of one key that overlap or lie within `gap` (a
-    duration expression; none by default) of each other into one, keeping the first row's other
-    columns and the `end` of the last; `merged` counts the intervals behind each.
+    duration expression; none by default) of each other into one, spanning them all; the other
+    columns are `aggs` over the merged intervals (default: the first interval's values), and
+    `merged` counts the intervals behind each.
 
     >>> import datetime as dt
     >>> h = lambda n: dt.datetime(2026, 1, 5, n, tzinfo=dt.UTC)
@@ -272,7 +279,9 @@ def merge_overlaps(lf: pl.LazyFrame, *, key: str, gap: pl.Expr | None = None) ->
     new = (pl.col(key) != pl.col(key).shift(1)).fill_null(True) | (
         pl.col("start") > reach.shift(1) + slack
     ).fill_null(True)
-    others = [c for c in lf.collect_schema().names() if c not in (key, "start", "end")]
+    if aggs is None:
+        others = [c for c in lf.collect_schema().names() if c not in (key, "start", "end")]
+        aggs = [pl.col(c).first() for c in others]
     return (
         ordered.with_columns(new.cast(pl.UInt32).cum_sum().alias("_grp"))
         .group_by("_grp", maintain_order=True)
@@ -280,7 +289,7 @@ def merge_overlaps(lf: pl.LazyFrame, *, key: str, gap: pl.Expr | None = None) ->
             pl.col(key).first(),
             pl.col("start").min(),
             pl.col("end").max(),
-            *[pl.col(c).first() for c in others],
+            *aggs,
             pl.len().cast(pl.Int64).alias("merged"),
         )
         .drop("_grp")
