@@ -164,10 +164,11 @@ def _degradation(
 def _ct_reversal(
     m: MeterSpec, rng: random.Random, clock: _Clock, timeout_ms: float
 ) -> dict[str, Any]:
-    begin = clock.start(rng, 1.0)
+    length = rng.randrange(12 * 60, 3 * 1440, 5)
+    begin = clock.start(rng, length / 1440)
     out: dict[str, Any] = {"start": _rel(begin)}
-    if rng.random() < 0.5:
-        out["end"] = _rel(begin + rng.randrange(12 * 60, 3 * 1440, 5))
+    if rng.random() < 0.5:  # else never put right within the run
+        out["end"] = _rel(begin + length)
     if PROFILES[m.profile].phases == 3:
         out["phases"] = sorted(rng.sample((1, 2, 3), rng.choice((1, 3))))
     return out
