@@ -243,12 +243,13 @@ def _load(
     input_path: Path, meters: Path | None, weather: Path | None, time_zone: str, log: _Log
 ) -> _Inputs:
     readings = _read_readings(input_path)
-    log(f"read {readings.height:,} readings of {readings['meter_id'].n_unique():,} meters")
-    return _Inputs(
+    inputs = _Inputs(
         readings,
         _read_meters(meters, input_path, readings, time_zone),
         _read_weather(weather, input_path),
     )
+    log(f"read {readings.height:,} readings of {readings['meter_id'].n_unique():,} meters")
+    return inputs
 
 
 def _run_pass(inputs: _Inputs, log: _Log) -> Any:
@@ -385,6 +386,15 @@ def _ledger_paths(ledger: Path) -> _Ledger:
     )
 
 
+def _check_ledger(paths: _Ledger) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """The ledger's faults and readings (with true_value), or an InputError naming the gap."""
+    faults = _scan(paths.faults, "ledger faults file")
+    _require(faults, FAULT_COLUMNS, paths.faults, "ledger faults")
+    truth = _scan(paths.readings, "ledger readings")
+    _require(truth, (*READING_COLUMNS, "quality", "true_value"), paths.readings, "ledger readings")
+    return faults, truth
+
+
 def _evaluate_one(
     ledger: Path,
     input_path: Path | None,
@@ -399,12 +409,7 @@ def _evaluate_one(
     from analytics.evaluate import evaluate  # noqa: PLC0415
 
     paths = _ledger_paths(ledger)
-    faults_lf = _scan(paths.faults, "ledger faults file")
-    _require(faults_lf, FAULT_COLUMNS, paths.faults, "ledger faults")
-    truth_lf = _scan(paths.readings, "ledger readings")
-    _require(
-        truth_lf, (*READING_COLUMNS, "quality", "true_value"), paths.readings, "ledger readings"
-    )
+    faults_lf, truth_lf = _check_ledger(paths)
     source = input_path or paths.readings
     meters = paths.meters if paths.meters.is_file() else None
     weather = paths.weather if paths.weather.is_file() else None
@@ -540,10 +545,10 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
     from analytics.evaluate import combine, format_report  # noqa: PLC0415
     from simulators.scenario import parse_duration  # noqa: PLC0415
 
-    if ledger is None and not scenarios and not scenario_files:
-        raise _fail("give --ledger, --scenario or --scenarios")
     if input_path is not None and ledger is None:
         raise _fail("--input needs --ledger (the ground truth of those readings)")
+    if ledger is None and not scenarios and not scenario_files:
+        raise _fail("give --ledger, --scenario or --scenarios")
     try:
         tolerance_s = float(parse_duration(tolerance))
         interval_s = parse_duration(interval)
@@ -554,6 +559,8 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
     log = _Log(quiet)
     results: list[tuple[str, Evaluation]] = []
     with _input_errors(), tempfile.TemporaryDirectory(prefix="mw-evaluate-") as tmp:
+        if ledger is not None:
+            _check_ledger(_ledger_paths(ledger))  # before any work, and any progress line
         work = workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         jobs = _evaluation_jobs(
@@ -611,7 +618,8 @@ def _evaluation_jobs(  # noqa: PLR0917 - the command's options, passed on
 
     jobs: list[tuple[str, Any]] = []
     if ledger is not None:
-        jobs.append((ledger.name.removesuffix(".parquet"), lambda _i, _log: ledger))
+        name = _ledger_paths(ledger).readings.name.removesuffix(".parquet")
+        jobs.append((name, lambda _i, _log: ledger))
     for path in scenario_files:
         if not path.is_file():
             raise InputError(f"scenario not found: {path}")
