@@ -46,8 +46,9 @@ Scoring rules (decisions, each one a knob below):
   over a quiet week cannot be closer to the truth than its own resolution, however right the
   pipeline is. Streams whose register cannot carry the truth are marked `excused` and left out
   of the share-within-target: a CT reversal (the import register stops while energy still
-  flows) and a stuck register that resumes from its frozen value (the energy of the stuck
-  period never reaches the register).
+  flows; all the meter's counters, active and reactive, measure through the reversed CTs) and
+  a stuck register that resumes from its frozen value (the energy of the stuck period never
+  reaches the register).
 
 All functions are pure and deterministic: outputs are sorted by their key columns.
 """
@@ -689,7 +690,8 @@ def _excused(faults: pl.DataFrame | None) -> pl.DataFrame:
         # A handful of ledger rows, not readings: a loop is the clear way to read their JSON.
         p = json.loads(params or "{}")
         if kind == "ct_reversal":
-            for channel in ("energy_import_kwh", "energy_export_kwh"):
+            # Reversed CTs flip every measured flow: active and reactive, import and export.
+            for channel in sorted(COUNTERS):
                 rows.setdefault((meter_id, channel), "ct_reversal")
         elif kind == "stuck" and p.get("resume"):
             for channel in p.get("channels", []):
