@@ -9,9 +9,18 @@ import sys
 
 import psycopg
 import pytest
+from yoyo import get_backend, read_migrations
 
 from store.capabilities import detect
-from store.migrations import StoreError, migrate, migrations_dir, prepare_backend, status
+from store.migrations import (
+    StoreError,
+    TimescaleMode,
+    migrate,
+    migrations_dir,
+    prepare_backend,
+    status,
+    yoyo_uri,
+)
 from tests.conftest import DatabaseFactory
 
 pytestmark = pytest.mark.integration
@@ -26,6 +35,13 @@ EXPECTED_TABLES = {
     "organisations", "projects", "buildings", "units", "gateways", "meters",
     "meter_installations", "readings", "gateway_progress", "dead_letters", "users",
     "memberships", "audit_log",
+    # 0004.analytics
+    "consumption_intervals", "counter_events", "rollups", "analytics_watermarks", "findings",
+    "alarm_episodes", "alarm_events",
+}  # fmt: skip
+ANALYTICS_TABLES = {
+    "consumption_intervals", "counter_events", "rollups", "analytics_watermarks", "findings",
+    "alarm_episodes", "alarm_events",
 }  # fmt: skip
 
 
@@ -215,3 +231,52 @@ def test_stored_qualities_match_the_contract(make_database: DatabaseFactory) -> 
 def test_migration_files_are_found() -> None:
     assert ALL_MIGRATIONS[0] == "0001.initial"
     assert os.access(migrations_dir(), os.R_OK)
+
+
+def hypertables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")
+        return {str(r[0]) for r in rows}
+
+
+def columns(url: str, table: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s", (table,)
+        ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+@pytest.mark.parametrize("mode", ["require", "off"])
+def test_analytics_migration_rolls_back_and_reapplies(
+    make_database: DatabaseFactory, mode: TimescaleMode
+) -> None:
+    """0004 on both stores: per-interval tables are hypertables when TimescaleDB is there; its
+    rollback removes exactly what it added (0005, which does not depend on it, stays)."""
+    url = make_database()
+    migrate(url, mode)
+    assert tables(url) >= ANALYTICS_TABLES
+    if mode == "require":
+        assert hypertables(url) == {"readings", "consumption_intervals", "counter_events"}
+    assert {"parent_meter_id", "load"} <= columns(url, "meters")
+    before = tables(url)
+
+    migrations = read_migrations(str(migrations_dir()))
+    with get_backend(yoyo_uri(url)) as backend, backend.lock():
+        backend.rollback_migrations(
+            [m for m in backend.to_rollback(migrations) if m.id == "0004.analytics"]
+        )
+    assert tables(url) == before - ANALYTICS_TABLES
+    assert not {"parent_meter_id", "load"} & columns(url, "meters")
+    assert {"opening_readings", "closing_readings", "multiplier"}.isdisjoint(
+        columns(url, "meter_installations")
+    )
+    with psycopg.connect(url) as conn:
+        types = conn.execute(
+            "SELECT typname FROM pg_type WHERE typname IN ('consumption_quality', 'alarm_severity')"
+        ).fetchall()
+    assert types == []
+    assert status(url).pending == ("0004.analytics",)
+
+    assert migrate(url, mode)[0] == ["0004.analytics"]
+    assert tables(url) == before
