@@ -231,7 +231,7 @@ def runs(
     >>> out.collect().select("m", pl.col("start").dt.hour(), "rows", "peak").rows()
     [('a', 1, 2, 4.0), ('a', 4, 1, 5.0)]
     """
-    f = pl.col(flag) if isinstance(flag, str) else flag
+    f = (pl.col(flag) if isinstance(flag, str) else flag).fill_null(False)
     k = pl.col(key)
     same = k == k.shift(1)
     new = f & ~(f.shift(1, fill_value=False) & same.fill_null(False))

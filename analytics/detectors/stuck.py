@@ -1,0 +1,359 @@
+"""Stuck meters: a counter that stops moving while the load it measures does not.
+
+A flat counter alone proves nothing - a vacant flat, a water meter at night, a lighting circuit
+in daylight all leave their register still. A flat counter is a finding only with evidence that
+it should have moved:
+
+- `stuck.related_channel`: the meter's own instantaneous channel shows use over the flat
+  period - active power for an energy register, flow for a water register, or current (times
+  the nominal voltage) when there is no power channel. The energy (or volume) that channel
+  integrates to over the flat period must be at least `min_steps` register steps (the smallest
+  move the register has made, so float32 registers far from zero are not held to a resolution
+  they do not have) and at least `min_expected`;
+- `stuck.history`: for a meter without such a channel, its own history says it should move:
+  the meter's low hourly rate (the `history_quantile` of its hourly consumption, outside flat
+  spells) over the flat period is again at least `min_steps` register steps. A meter that is
+  often idle has a low rate of zero and is never reported this way.
+
+A flat spell shorter than `min_hours` is not looked at. Import registers only (energy, water,
+heat and gas imported): an export or reactive register stands still on most meters by design.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import polars as pl
+
+from analytics.detectors.common import codes, concat_findings, iso, severity, to_findings
+from analytics.frames import FINDINGS_SCHEMA, empty
+
+COUNTERS: Final = ("energy_import_kwh", "water_volume_m3", "heat_energy_kwh", "gas_volume_m3")
+# Related channels, in order of preference, as (channel, factor to the counter's unit per hour).
+# Current is turned into power at a nominal 230 V and unity power factor: an upper bound of the
+# energy, good enough to say "the load was on", and said so in the evidence.
+RELATED: Final = {
+    "energy_import_kwh": (("power_w", 1e-3), ("current_l1_a", 0.23)),
+    "heat_energy_kwh": (("power_w", 1e-3),),
+    "water_volume_m3": (("water_flow_m3h", 1.0),),
+    "gas_volume_m3": (),
+}
+_GOOD: Final = ("good", "clock_suspect")
+
+
+@dataclass(frozen=True, slots=True)
+class StuckParams:
+    """Thresholds of the stuck-meter rules (`min_expected` in the counter's unit)."""
+
+    min_hours: float = 2.0
+    min_polls: int = 4
+    min_steps: float = 10.0
+    min_expected: float = 0.05
+    history_quantile: float = 0.1
+    critical_hours: float = 24.0
+
+
+def detect_stuck(
+    readings: pl.DataFrame,
+    consumption: pl.DataFrame | None,
+    meters: pl.DataFrame,
+    *,
+    params: StuckParams = StuckParams(),
+    weather: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Stuck-meter findings (`FINDINGS_SCHEMA`) from `readings`: flat import registers whose
+    meter shows (or, by its history, must have) use. `consumption`, `meters` and `weather`
+    are not needed: the register's own steps are the evidence.
+
+    >>> import datetime as dt
+    >>> t = [dt.datetime(2026, 1, 5, tzinfo=dt.UTC) + dt.timedelta(minutes=15 * i)
+    ...     for i in range(24)]
+    >>> energy = [100.0 + 0.1 * min(i, 8) for i in range(24)]  # frozen from 02:00
+    >>> readings = pl.DataFrame({"meter_id": "m1",
+    ...     "channel": ["energy_import_kwh"] * 24 + ["power_w"] * 24, "ts": t * 2,
+    ...     "value": energy + [400.0] * 24, "quality": "good"})
+    >>> out = detect_stuck(readings, None, pl.DataFrame({"meter_id": ["m1"]}))
+    >>> out.select("rule", pl.col("start").dt.strftime("%H:%M"), "severity").rows()
+    [('stuck.related_channel', '02:00', 'warning')]
+    """
+    del consumption, meters, weather
+    relevant = sorted(set(COUNTERS) | {r for v in RELATED.values() for r, _ in v})
+    df = readings.filter(
+        pl.col("channel").cast(pl.String).is_in(relevant)
+        & pl.col("value").is_not_null()
+        & pl.col("value").is_not_nan()
+        & pl.col("quality").cast(pl.String).fill_null("good").is_in(_GOOD)
+    ).select(
+        pl.col("meter_id").cast(pl.String),
+        pl.col("channel").cast(pl.String),
+        "ts",
+        "value",
+    )
+    if df.height == 0:
+        return empty(FINDINGS_SCHEMA)
+    df = df.with_columns(codes("meter_id", pl.String()).alias("_m"))
+    t0 = df.get_column("ts").min()
+    df = df.with_columns(
+        (pl.col("ts").dt.epoch("us") - pl.lit(t0).dt.epoch("us")).floordiv(1_000_000).alias("_s")
+    )
+    counters = df.filter(pl.col("channel").is_in(COUNTERS))
+    flats = _flat_spells(counters, params)
+    if flats.height == 0:
+        return empty(FINDINGS_SCHEMA)
+    related = _related_rates(df)
+    with_rel = _expected_from_related(flats, related)
+    found_rel = with_rel.filter(pl.col("rate_channel").is_not_null())
+    no_rel = with_rel.filter(pl.col("rate_channel").is_null()).drop(
+        "rate_channel", "expected", "mean_rate", "rate_samples"
+    )
+    hist = _expected_from_history(no_rel, counters, params)
+    return concat_findings([_related_findings(found_rel, params), _history_findings(hist, params)])
+
+
+def _key(m: pl.Expr, s: pl.Expr) -> pl.Expr:
+    return m.cast(pl.Int64) * (1 << 32) + s
+
+
+def _flat_spells(counters: pl.DataFrame, params: StuckParams) -> pl.DataFrame:
+    """Spells where an import register repeats its value: `_m, meter_id, channel, a, b` (the
+    reading where the value was first seen and the last one that still showed it, in seconds
+    since the frame's start), `value`, `polls`, `resolution` (smallest positive step)."""
+    c = codes("channel", pl.String())
+    ordered = counters.with_columns(c.alias("_c")).with_columns(
+        (_key(pl.col("_m") * 8 + pl.col("_c"), pl.col("_s"))).alias("_k")
+    )
+    ordered = ordered.sort("_k", maintain_order=True)
+    same = (pl.col("_k") // (1 << 32)) == (pl.col("_k") // (1 << 32)).shift(1)
+    step = pl.when(same).then(pl.col("value") - pl.col("value").shift(1))
+    ordered = ordered.with_columns(
+        step.alias("step"),
+        pl.when(same).then(pl.col("_s").shift(1)).alias("prev_s"),
+    )
+    resolution = (
+        ordered.filter(pl.col("step") > 0)
+        .group_by("_m", "_c")
+        .agg(pl.col("step").min().alias("resolution"))
+    )
+    flat = (pl.col("step") == 0).fill_null(False)
+    new = flat & ~(flat.shift(1, fill_value=False) & same.fill_null(False))
+    spells = (
+        ordered.with_columns(flat.alias("_flat"), new.fill_null(False).alias("_n"))
+        .with_columns(pl.col("_n").cast(pl.UInt32).cum_sum().alias("_run"))
+        .filter(pl.col("_flat"))
+        .group_by("_run", maintain_order=True)
+        .agg(
+            pl.col("_m").first(),
+            pl.col("_c").first(),
+            pl.col("meter_id").first(),
+            pl.col("channel").first(),
+            pl.col("prev_s").first().alias("a"),
+            pl.col("_s").last().alias("b"),
+            pl.col("ts").last().alias("end"),
+            pl.col("value").first(),
+            (pl.len() + 1).alias("polls"),
+        )
+        .drop("_run")
+        .filter(
+            ((pl.col("b") - pl.col("a")) >= params.min_hours * 3600)
+            & (pl.col("polls") >= params.min_polls)
+        )
+    )
+    return spells.join(resolution, on=["_m", "_c"], how="left").with_columns(
+        (pl.col("end") - pl.duration(seconds=pl.col("b") - pl.col("a"))).alias("start")
+    )
+
+
+def _related_rates(df: pl.DataFrame) -> pl.DataFrame:
+    """Per meter, the preferred related channel's rate (counter unit per hour, negatives as 0)
+    and its running integrals at each reading: `_m, rate_channel, _k, rate, integral,
+    integral_left`."""
+    names = [r for v in RELATED.values() for r, _ in v]
+    factor = {r: f for v in RELATED.values() for r, f in v}
+    rank = {r: i for i, r in enumerate(dict.fromkeys(names))}
+    rel = df.filter(pl.col("channel").is_in(names))
+    if rel.height == 0:
+        return pl.DataFrame(
+            schema={
+                "_m": pl.Int64,
+                "rate_channel": pl.String,
+                "_k": pl.Int64,
+                "rate": pl.Float64,
+                "integral": pl.Float64,
+                "integral_left": pl.Float64,
+            }
+        )
+    rank_e = pl.col("channel").replace_strict(rank, return_dtype=pl.Int64)
+    best = rel.group_by("_m").agg(rank_e.min().alias("_best"))
+    rel = rel.join(best, on="_m").filter(rank_e == pl.col("_best"))
+    rate = pl.col("value").clip(0.0, None) * pl.col("channel").replace_strict(
+        factor, return_dtype=pl.Float64
+    )
+    rel = rel.select(
+        "_m",
+        pl.col("channel").alias("rate_channel"),
+        _key(pl.col("_m"), pl.col("_s")).alias("_k"),
+        rate.alias("rate"),
+    ).sort("_k", maintain_order=True)
+    m = pl.col("_k") // (1 << 32)
+    same = m == m.shift(1)
+    dt_h = pl.when(same).then(pl.col("_k").diff() / 3600.0).otherwise(0.0)
+    # Two running integrals: each reading's rate held over the step before it (right) and over
+    # the step after it (left). Over a spell the smaller of the two is taken: a load that
+    # switches on at the spell's last reading (dusk, for lighting) or off just after its first
+    # must not count as use during it.
+    right = (pl.col("rate") * dt_h).cum_sum()
+    left = (pl.when(same).then(pl.col("rate").shift(1)).otherwise(0.0) * dt_h).cum_sum()
+    return rel.with_columns(right.alias("integral"), left.alias("integral_left"))
+
+
+def _expected_from_related(flats: pl.DataFrame, related: pl.DataFrame) -> pl.DataFrame:
+    """Each flat spell with what its related channel integrates to over it: `expected`,
+    `mean_rate`, `rate_samples` and `rate_channel` (null when the meter has none)."""
+    spells = flats.with_columns(
+        _key(pl.col("_m"), pl.col("a")).alias("_ka"), _key(pl.col("_m"), pl.col("b")).alias("_kb")
+    )
+    rel = related.select(
+        "_k",
+        "integral",
+        "integral_left",
+        "rate_channel",
+        (pl.col("_k") // (1 << 32)).alias("_rm"),
+    )
+    # a row counter on the related readings tells how many fell inside the spell
+    rel = rel.with_row_index("_i")
+    at_a = spells.sort("_ka").join_asof(
+        rel.rename(
+            {"_k": "_ka", "integral": "ia", "integral_left": "la", "_i": "ia_i", "_rm": "rm_a"}
+        ).drop("rate_channel"),
+        on="_ka",
+        strategy="backward",
+    )
+    both = at_a.sort("_kb").join_asof(
+        rel.rename(
+            {"_k": "_kb", "integral": "ib", "integral_left": "lb", "_i": "ib_i", "_rm": "rm_b"}
+        ),
+        on="_kb",
+        strategy="backward",
+    )
+    ok = (pl.col("rm_a") == pl.col("_m")) & (pl.col("rm_b") == pl.col("_m"))
+    hours = (pl.col("b") - pl.col("a")) / 3600.0
+    expected = pl.when(ok).then(
+        pl.min_horizontal(pl.col("ib") - pl.col("ia"), pl.col("lb") - pl.col("la"))
+    )
+    return both.with_columns(
+        pl.when(ok).then(pl.col("rate_channel")).alias("rate_channel"),
+        expected.alias("expected"),
+        (expected / hours).alias("mean_rate"),
+        pl.when(ok).then(pl.col("ib_i") - pl.col("ia_i")).alias("rate_samples"),
+    ).drop("ia", "ib", "la", "lb", "ia_i", "ib_i", "rm_a", "rm_b", "_ka", "_kb")
+
+
+def _expected_from_history(
+    spells: pl.DataFrame, counters: pl.DataFrame, params: StuckParams
+) -> pl.DataFrame:
+    """Flat spells of meters without a related channel, with the register's low hourly rate
+    (the `history_quantile` of its positive-or-zero hourly rates, outside flat spells) and what
+    that rate gives over the spell."""
+    if spells.height == 0:
+        return spells
+    mine = counters.join(spells.select("_m").unique(), on="_m", how="semi")
+    # hours inside a flat spell are what is in question: they are not history
+    flat_hours = (
+        spells.select(
+            "_m", "channel", pl.int_ranges(pl.col("a") // 3600, pl.col("b") // 3600 + 1).alias("_h")
+        )
+        .explode("_h")
+        .unique()
+    )
+    hourly = (
+        mine.with_columns((pl.col("_s") // 3600).alias("_h"))
+        .join(flat_hours, on=["_m", "channel", "_h"], how="anti")
+        .group_by("_m", "channel", "_h")
+        .agg(pl.col("value").min().alias("lo"), pl.col("value").max().alias("hi"))
+        .sort("_m", "channel", "_h")  # a small frame: meters without a related channel only
+        .with_columns(
+            (pl.col("lo").shift(-1).over("_m", "channel") - pl.col("lo")).alias("rate"),
+            (pl.col("_h").shift(-1).over("_m", "channel") - pl.col("_h")).alias("gap"),
+        )
+        .filter((pl.col("gap") == 1) & (pl.col("rate") >= 0))
+    )
+    low = hourly.group_by("_m", "channel").agg(
+        pl.col("rate").quantile(params.history_quantile).alias("low_rate"),
+        pl.len().alias("history_hours"),
+    )
+    hours = (pl.col("b") - pl.col("a")) / 3600.0
+    return spells.join(low, on=["_m", "channel"], how="left").with_columns(
+        (pl.col("low_rate") * hours).alias("expected")
+    )
+
+
+def _enough(params: StuckParams) -> pl.Expr:
+    floor = pl.max_horizontal(
+        pl.col("resolution").fill_null(0.0) * params.min_steps, pl.lit(params.min_expected)
+    )
+    return pl.col("expected").fill_null(0.0) >= floor
+
+
+def _related_findings(spells: pl.DataFrame, params: StuckParams) -> pl.DataFrame:
+    found = spells.filter(_enough(params))
+    if found.height == 0:
+        return empty(FINDINGS_SCHEMA)
+    hours = (pl.col("b") - pl.col("a")) / 3600.0
+    found = found.with_columns(
+        hours.alias("hours"),
+        severity(hours, 0.0, params.critical_hours).alias("severity"),
+        (pl.col("start") + pl.duration(seconds=int(params.min_hours * 3600))).alias("detected_at"),
+    )
+    settings = asdict(params)
+
+    def evidence(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "rule": "stuck.related_channel",
+            "channel": row["channel"],
+            "value": row["value"],
+            "flat_hours": row["hours"],
+            "polls": row["polls"],
+            "resolution": row["resolution"],
+            "related_channel": row["rate_channel"],
+            "related_samples": row["rate_samples"],
+            "mean_rate_per_h": row["mean_rate"],
+            "expected": row["expected"],
+            "detected_at": iso(row["detected_at"]),
+            "params": settings,
+        }
+
+    return to_findings(
+        found, rule="stuck.related_channel", kind="stuck", evidence_of=evidence, subject="meter_id"
+    )
+
+
+def _history_findings(spells: pl.DataFrame, params: StuckParams) -> pl.DataFrame:
+    if spells.height == 0:
+        return empty(FINDINGS_SCHEMA)
+    found = spells.filter(_enough(params) & (pl.col("low_rate") > 0))
+    if found.height == 0:
+        return empty(FINDINGS_SCHEMA)
+    hours = (pl.col("b") - pl.col("a")) / 3600.0
+    found = found.with_columns(
+        hours.alias("hours"), severity(hours, 0.0, params.critical_hours).alias("severity")
+    )
+    settings = asdict(params)
+
+    def evidence(row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "rule": "stuck.history",
+            "channel": row["channel"],
+            "value": row["value"],
+            "flat_hours": row["hours"],
+            "polls": row["polls"],
+            "resolution": row["resolution"],
+            "low_rate_per_h": row["low_rate"],
+            "history_hours": row["history_hours"],
+            "expected": row["expected"],
+            "params": settings,
+        }
+
+    return to_findings(
+        found, rule="stuck.history", kind="stuck", evidence_of=evidence, subject="meter_id"
+    )
