@@ -5,7 +5,11 @@
 -- moves it only inside the transaction that writes the window's results, while holding the
 -- advisory lock for (job kind, project); so the cursor, the results and the run record commit
 -- together or not at all.
--- depends: 0003.ingest-accounting
+--
+-- These cursors are the schedule's (which windows a job has done), apart from 0004's
+-- `analytics_watermarks`, which say how far each stream's data has been processed and which
+-- late readings to look for; a tick moves both in the same transaction.
+-- depends: 0004.analytics
 
 CREATE TABLE analytics_job_cursors (
     kind        text NOT NULL CHECK (kind IN ('intraday', 'daily')),
