@@ -723,6 +723,7 @@ def consumption_summary(errors: pl.DataFrame) -> dict[str, float | int]:
         "streams": errors.height,
         "scored": n,
         "excused": errors.height - n,
+        "within": int(scored.get_column("within").sum()),
         "negative_intervals": int(errors.get_column("negative").sum()),
         "max_rel_error": float(scored.select(pl.col("rel_error").max()).item()) if n else math.nan,
         "share_within": float(scored.select(pl.col("within").mean()).item()) if n else math.nan,
@@ -851,7 +852,8 @@ def format_report(ev: Evaluation) -> str:
         f"consumption: {s['streams']} counter streams ({s['excused']} excused),"
         f" negative intervals {s['negative_intervals']},"
         f" max relative error {_num(s['max_rel_error'], '.3e')},"
-        f" within {CONSUMPTION_TOLERANCE:.1%}: {_num(s['share_within'], '.1%')}"
+        f" within {CONSUMPTION_TOLERANCE:.1%}: {s['within']} of {s['scored']}"
+        f" ({_num(s['share_within'], '.2%')})"
         f"  {'met' if ok else 'MISSED'}",
     ]
     return "\n".join(lines)

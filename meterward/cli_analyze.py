@@ -523,8 +523,10 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
         typer.Option(
             "--output",
             "-o",
-            help="Also write the per-kind table here, and the per-stream consumption error"
-            " beside it (<name>.consumption.<format>).",
+            help="Also write the per-kind table here, and beside it every expected fault with"
+            " its match (<name>.faults.<format>), every detection with its status (tp,"
+            " explained, fp: <name>.detections.<format>) and the per-stream consumption error"
+            " (<name>.consumption.<format>).",
             show_default=False,
         ),
     ] = None,
@@ -589,7 +591,9 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
         out_format = _format_of(output, fmt)
         _write(total.kinds, output, out_format)
         stem = output.name.removesuffix(output.suffix)
-        _write(total.consumption, output.with_name(f"{stem}.consumption.{out_format}"), out_format)
+        for part in ("faults", "detections", "consumption"):
+            beside = output.with_name(f"{stem}.{part}.{out_format}")
+            _write(getattr(total, part), beside, out_format)
     if check and not total.targets_met:
         raise typer.Exit(1)
 

@@ -183,7 +183,8 @@ def test_evaluate_a_ledger_prints_the_table(
     assert any(line.startswith("consumption: ") for line in lines)
     kinds = pl.read_csv(out)
     assert {"precision", "recall", "median_ttd_h", "before_failure"} <= set(kinds.columns)
-    assert (tmp_path / "accuracy.consumption.csv").is_file()
+    for part in ("faults", "detections", "consumption"):
+        assert (tmp_path / f"accuracy.{part}.csv").is_file(), part
 
 
 def test_evaluate_random_scenarios(pipeline: object, tmp_path: Path) -> None:
