@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from analytics.evaluate import Evaluation
+    from analytics.pipeline import PassResult
 
 analyze_app = typer.Typer(
     help="Consumption, findings and their accuracy, from readings files (no database).",
@@ -252,11 +253,8 @@ def _load(
     return inputs
 
 
-def _run_pass(inputs: _Inputs, log: _Log) -> Any:
-    # Heavy, and not on the gateway's path. (The ignore is for mypy until pipeline.py lands.)
-    from analytics.pipeline import (  # type: ignore[import-untyped,unused-ignore]  # noqa: PLC0415
-        run_pass,
-    )
+def _run_pass(inputs: _Inputs, log: _Log) -> PassResult:
+    from analytics.pipeline import run_pass  # noqa: PLC0415 - heavy, and not on the gateway path
 
     log("running consumption, rollups and detectors")
     result = run_pass(inputs.readings, inputs.meters, weather=inputs.weather)
@@ -450,7 +448,7 @@ def _summary_line(name: str, ev: Evaluation) -> str:
     return (
         f"{name}: faults {int(k['expected'].sum())}, found {int(k['found'].sum())},"
         f" false positives {int(k['false_positive'].sum())}, negative intervals"
-        f" {s['negative_intervals']}, consumption within 0.1%: {s['share_within']:.1%};"
+        f" {s['negative_intervals']}, consumption within 0.1%: {s['within']} of {s['scored']};"
         f" targets missed: {missed}"
     )
 
