@@ -148,8 +148,51 @@ def _stable_argsort(key: I64) -> npt.NDArray[np.intp]:
     return order.to_numpy().astype(np.intp)
 
 
+def _sums(
+    b: _Block, seg: I64, ent: I64, slot: I64, starts: npt.NDArray[np.intp] | None = None
+) -> _Block:
+    """Per segment: sums of value, estimate, coverage and meters, and the worst quality.
+
+    `np.bincount` adds the rows of a segment one after the other in row order, so a bucket is
+    the left-to-right sum of its members in the order the caller put them in: one summation
+    order, the same in a full run and an incremental one. Integer columns and the quality,
+    where order does not matter, use `reduceat` when the segments are runs (`starts`)."""
+    nseg = ent.size
+    value = np.bincount(seg, b.value, nseg).astype(np.float64, copy=False)
+    est = (
+        np.bincount(seg, b.est, nseg).astype(np.float64, copy=False)
+        if b.est.any()
+        else np.zeros(nseg)
+    )
+    if starts is not None:
+        q = np.maximum.reduceat(b.q, starts)
+        cov = np.add.reduceat(b.cov, starts)
+        n = np.add.reduceat(b.n, starts)
+    else:
+        q = np.zeros(nseg, np.int8)
+        for rank in range(1, len(_PRECEDENCE)):
+            hit = b.q == rank
+            if hit.any():
+                q[np.bincount(seg[hit], minlength=nseg) > 0] = rank
+        cov = _int_sums(seg, b.cov, nseg)
+        n = (
+            np.bincount(seg, minlength=nseg).astype(np.int64)
+            if np.all(b.n == 1)
+            else _int_sums(seg, b.n, nseg)
+        )
+    return _Block(ent=ent, slot=slot, value=value, est=est, cov=cov, q=q, n=n)
+
+
+def _int_sums(seg: I64, v: I64, nseg: int) -> I64:
+    """Exact integer sums through bincount's float64: two 24-bit-split halves, each exact."""
+    hi = np.bincount(seg, (v >> 24).astype(np.float64), nseg).astype(np.int64)
+    lo = np.bincount(seg, (v & 0xFFFFFF).astype(np.float64), nseg).astype(np.int64)
+    out: I64 = (hi << 24) + lo
+    return out
+
+
 def _reduce(b: _Block, ent: I64, slot: I64) -> _Block:
-    """Sum rows sharing (ent, slot), in the rows' order (a stable sort keeps it), take the worst
+    """Sum rows sharing (ent, slot) in the rows' order (a stable sort keeps it), take the worst
     quality and add up the meters. Callers pass rows in their canonical summation order."""
     if len(b) == 0:
         return _Block(*(np.zeros(0, getattr(b, f).dtype) for f in _FIELDS))
@@ -157,11 +200,14 @@ def _reduce(b: _Block, ent: I64, slot: I64) -> _Block:
     if not pl.Series(key).is_sorted():
         order = _stable_argsort(key)
         b, key, ent, slot = b.take(order), key[order], ent[order], slot[order]
-    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+    change = np.empty(key.size, np.bool_)
+    change[0] = True
+    np.not_equal(key[1:], key[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
     if starts.size == key.size:  # nothing to add up
         return _Block(ent, slot, *(getattr(b, f) for f in _FIELDS[2:]))
-    sums = {f: np.add.reduceat(getattr(b, f), starts) for f in _SUMS}
-    return _Block(ent=ent[starts], slot=slot[starts], q=np.maximum.reduceat(b.q, starts), **sums)
+    seg = np.cumsum(change) - 1
+    return _sums(b, seg, ent[starts], slot[starts], starts)
 
 
 # -- calendar: local buckets as runs of UTC slots ------------------------------------------------
@@ -318,10 +364,20 @@ def _consumption(consumption: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     return df
 
 
-def _stream_codes(df: pl.DataFrame, ents: _Entities) -> I64:
-    """The stream code of every row; cheap when rows come grouped by stream."""
+def _runs(df: pl.DataFrame) -> tuple[I64, I64]:
+    """Run ids of consecutive rows of one stream, and each run's first row."""
     run = df.select(pl.struct("meter_id", "channel").rle_id().cast(pl.Int64)).to_series().to_numpy()
     first = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1]))) if run.size else run
+    return run, first
+
+
+def _distinct_streams(df: pl.DataFrame) -> pl.DataFrame:
+    return df[_runs(df)[1]].select("meter_id", "channel").unique()
+
+
+def _stream_codes(df: pl.DataFrame, ents: _Entities) -> I64:
+    """The stream code of every row; cheap when rows come grouped by stream."""
+    run, first = _runs(df)
     runs = (
         df[first]
         .select("meter_id", "channel")
@@ -419,10 +475,22 @@ def _meter_periods(m15: _Block, ents: _Entities, cal: _Calendar) -> dict[str, _B
 def _group(block: _Block, to: I64) -> _Block:
     """Sum rows into the entity `to[ent]`: members in code order (meters by id, buildings by
     id), whatever order the rows came in."""
+    if len(block) == 0:
+        return block
     key = _key(block.ent, block.slot)
     if not pl.Series(key).is_sorted():
         block = block.take(_stable_argsort(key))
-    return _reduce(block, to[block.ent], block.slot)
+    target = to[block.ent]
+    lo, hi = int(block.slot.min()), int(block.slot.max()) + 1
+    width = hi - lo
+    bins = (int(target.max()) + 1) * width
+    if bins > 4 * len(block) + 1_000_000:
+        return _reduce(block, target, block.slot)
+    # Dense bins (entity x slot): no sort, and bincount keeps the members' row order.
+    idx = target * width + (block.slot - lo)
+    cells = np.arange(bins, dtype=np.int64)
+    sums = _sums(block, idx, cells // width, cells % width + lo)
+    return sums.take(np.flatnonzero(sums.n))
 
 
 def _all_levels(m15: _Block, ents: _Entities, cal: _Calendar) -> dict[tuple[str, str], _Block]:
@@ -443,31 +511,40 @@ def _frame(block: _Block, level: str, period: str, ents: _Entities, cal: _Calend
     """A block as `ROLLUP_SCHEMA` rows, in canonical order (blocks are sorted by code, slot)."""
     names = {"meter": ents.streams, "building": ents.buildings, "project": ents.projects}[level]
     key_col = {"meter": "meter_id", "building": "building", "project": "project"}[level]
-    zone = names["zone"].to_numpy()[block.ent]
-    end = cal.bucket_end(period, zone, block.slot)
-    value, est = block.value, block.est
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(value > 0, est / value, np.nan)
-    length = (end - block.slot) * SLOT_US
+    if period == "15min":
+        end = block.slot + 1
+    else:
+        end = cal.bucket_end(period, names["zone"].to_numpy()[block.ent], block.slot)
+    n = len(block)
     idx = pl.Series(block.ent)
-    return pl.DataFrame(
+    raw = pl.DataFrame(
         {
-            "level": pl.Series([level], dtype=LEVEL_ENUM).new_from_index(0, len(block)),
-            "key": names[key_col].gather(idx),
-            "project": names["project"].gather(idx),
-            "channel": names["channel"].gather(idx),
-            "period": pl.Series([period], dtype=PERIOD_ENUM).new_from_index(0, len(block)),
-            "bucket_start": pl.Series(block.slot * SLOT_US).cast(TS),
-            "bucket_end": pl.Series(end * SLOT_US).cast(TS),
-            "consumption": value,
-            "estimated": est,
-            "estimated_share": pl.Series(share).fill_nan(None),
-            "quality": _QUALITY_BY_RANK.gather(pl.Series(block.q, dtype=pl.UInt32)),
-            "meters": pl.Series(block.n, dtype=pl.UInt32),
-            "coverage": block.cov / (block.n * length),
+            "slot": block.slot,
+            "end": end,
+            "consumption": block.value,
+            "estimated": block.est,
+            "q": pl.Series(block.q, dtype=pl.UInt32),
+            "meters": block.n,
             "covered_us": block.cov,
-        },
-        schema=ROLLUP_SCHEMA,
+        }
+    )
+    value, est = pl.col("consumption"), pl.col("estimated")
+    return raw.select(
+        level=pl.Series([level], dtype=LEVEL_ENUM).new_from_index(0, n),
+        key=names[key_col].gather(idx),
+        project=names["project"].gather(idx),
+        channel=names["channel"].gather(idx),
+        period=pl.Series([period], dtype=PERIOD_ENUM).new_from_index(0, n),
+        bucket_start=(pl.col("slot") * SLOT_US).cast(TS),
+        bucket_end=(pl.col("end") * SLOT_US).cast(TS),
+        consumption=value,
+        estimated=est,
+        estimated_share=pl.when(value > 0).then(est / value),
+        quality=_QUALITY_BY_RANK.gather(raw["q"]),
+        meters=pl.col("meters").cast(pl.UInt32),
+        coverage=pl.col("covered_us")
+        / (pl.col("meters") * (pl.col("end") - pl.col("slot")) * SLOT_US),
+        covered_us=pl.col("covered_us"),
     )
 
 
@@ -514,7 +591,7 @@ def rollup(consumption: pl.DataFrame | pl.LazyFrame, meters: pl.DataFrame) -> pl
     (0.5714285714285714, 'estimated')
     """
     df = _consumption(consumption)
-    ents = _entities(df.select("meter_id", "channel"), meters)
+    ents = _entities(_distinct_streams(df), meters)
     m15 = _slots(df, ents)
     cal = _calendar_for([m15.slot], ents)
     return _frames(_all_levels(m15, ents, cal), ents, cal)
