@@ -1,0 +1,399 @@
+"""Consumption spikes and drops against a robust same-hour baseline, weather-adjusted.
+
+Each meter's consumption is summed per hour (UTC hours; their local hour of the week places
+them) and compared with what that meter uses in the same local hour:
+
+1. **baseline**: the median and MAD of the meter's consumption in the same hour of the week
+   over the weeks in the input (at least `min_weeks` of them); with less history, the same
+   hour of the day on days of the same kind (weekday / weekend; at least `min_days`), then on
+   any day. The input window is the history: a job passes the preceding weeks with the new
+   data, a file-mode run its whole export. The hour being judged is part of its own baseline
+   (a median of five or more does not notice one outlier);
+2. **weather**: when `weather` (project, ts, temperature_c) covers the meter's project, the
+   baseline moves with the temperature: cooling and heating degree-hours (above
+   `cooling_base_c`, below `heating_base_c`) against their median in the baseline's hours,
+   times the meter's own sensitivity - a least-squares slope per meter over all its hours,
+   with residuals clipped so anomalies do not teach it, and never negative. A heat wave raises
+   an air conditioner's expected use instead of raising an alarm;
+3. **rule**: an hour is a spike when it exceeds the expected use by `z_spike` robust sigmas
+   (MAD x 1.4826, floored at `rel_floor` of the median and `abs_floor_share` of the meter's
+   mean hour) *and* is at least `spike_ratio` times the expected use; a drop when it is
+   `z_drop` sigmas below and at most `drop_ratio` of it. At least `min_hours` consecutive such
+   hours make a finding (a kettle or a shower is not a spike), and a spike must add up to
+   `excess_mean_hours` of the meter's mean hourly use over them: a household's busy evening
+   adds up to about four mean hours, a heater and a dryer left on add eight and more. Water is
+   held to forty (two hours at twenty times the usual rate): its use is bursty by nature, and
+   a flow that does not stop is the leak detector's.
+
+Rules `spike.same_hour_of_week` / `spike.same_hour_of_day` and `drop.*` name the baseline used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import polars as pl
+
+from analytics.detectors.common import (
+    MAD_TO_SIGMA,
+    concat_findings,
+    hour_of_week,
+    is_weekend,
+    iso,
+    local_time,
+    meter_zones,
+    severity,
+    to_findings,
+    zones_of,
+)
+from analytics.frames import FINDINGS_SCHEMA, TS, empty
+
+_HOUR = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageParams:
+    """Thresholds of the spike/drop rules."""
+
+    channels: tuple[str, ...] = field(default=("energy_import_kwh", "water_volume_m3"))
+    min_weeks: int = 3
+    min_days: int = 4
+    z_spike: float = 6.0
+    spike_ratio: float = 2.0
+    z_drop: float = 6.0
+    drop_ratio: float = 0.25
+    min_hours: int = 2
+    rel_floor: float = 0.1
+    abs_floor_share: float = 0.1
+    min_share_of_mean: float = 0.5  # a drop must lose at least this share of a mean hour
+    # What a spike must add over its hours, in the meter's mean hours of use, per channel (a
+    # household's kettle-and-oven evening adds up to ~4; water use is burstier still).
+    excess_mean_hours: tuple[tuple[str, float], ...] = (
+        ("energy_import_kwh", 6.0),
+        ("water_volume_m3", 40.0),
+    )
+    default_excess_mean_hours: float = 6.0
+    cooling_base_c: float = 22.0
+    heating_base_c: float = 15.0
+    residual_clip: float = 3.0  # sigmas: what the weather slope may learn from one hour
+    critical_excess_factor: float = 3.0  # critical: this many times the excess required
+
+
+def detect_usage(
+    readings: pl.DataFrame | None,
+    consumption: pl.DataFrame,
+    meters: pl.DataFrame,
+    *,
+    params: UsageParams = UsageParams(),
+    weather: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Spike and drop findings (`FINDINGS_SCHEMA`) of `consumption` against each meter's
+    robust same-hour baseline (weather-adjusted when `weather` is given). `readings` is not
+    used: consumption is the measured quantity.
+
+    >>> import datetime as dt
+    >>> hours = [dt.datetime(2026, 1, 5, tzinfo=dt.UTC) + dt.timedelta(hours=h)
+    ...     for h in range(24 * 14)]
+    >>> use = [1.0 + 0.1 * (h % 3) + (5.0 if 200 <= h < 203 else 0.0) for h in range(len(hours))]
+    >>> consumption = pl.DataFrame({"meter_id": "m1", "channel": "energy_import_kwh",
+    ...     "start": hours, "end": [t + dt.timedelta(hours=1) for t in hours],
+    ...     "consumption": use, "quality": "measured"})
+    >>> meters = pl.DataFrame({"meter_id": ["m1"], "time_zone": ["UTC"]})
+    >>> out = detect_usage(None, consumption, meters)
+    >>> out.select("kind", "rule", pl.col("start").dt.strftime("%d %H:%M"), "severity").rows()
+    [('spike', 'spike.same_hour_of_day', '13 08:00', 'warning')]
+    """
+    del readings
+    hourly = _hourly(consumption, meters, params)
+    if hourly.height == 0:
+        return empty(FINDINGS_SCHEMA)
+    hourly = _baselines(hourly, params)
+    hourly = _weather_adjusted(hourly, weather, params)
+    scored = _scored(hourly, params)
+    return concat_findings([_findings(scored, "spike", params), _findings(scored, "drop", params)])
+
+
+def _hourly(consumption: pl.DataFrame, meters: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
+    """Consumption per (meter, channel, UTC hour) with its local clock placement."""
+    info = meter_zones(meters)
+    zones = zones_of(meters)
+    df = (
+        consumption.filter(pl.col("channel").cast(pl.String).is_in(list(params.channels)))
+        .filter(pl.col("consumption").is_not_null() & pl.col("consumption").is_not_nan())
+        .group_by(
+            pl.col("meter_id").cast(pl.String),
+            pl.col("channel").cast(pl.String),
+            pl.col("start").dt.truncate("1h").alias("hour"),
+        )
+        .agg(pl.col("consumption").sum().alias("use"))
+        .join(info, on="meter_id", how="left")
+    )
+    local = local_time("hour", "time_zone", zones)
+    return df.with_columns(
+        hour_of_week(local).alias("how"),
+        local.dt.hour().cast(pl.Int16).alias("hod"),
+        is_weekend(local).alias("weekend"),
+    )
+
+
+def _with_stats(df: pl.DataFrame, by: list[str], prefix: str) -> pl.DataFrame:
+    """Median, MAD and count of `use` per group `by`, joined back (group-bys and joins: a MAD
+    as nested window expressions is many times slower on big frames)."""
+    med = df.group_by(by).agg(
+        pl.col("use").median().alias(f"{prefix}_median"),
+        pl.col("use").count().alias(f"{prefix}_n"),
+    )
+    df = df.join(med, on=by, how="left", nulls_equal=True)
+    mad = (
+        df.select(*by, (pl.col("use") - pl.col(f"{prefix}_median")).abs().alias("_dev"))
+        .group_by(by)
+        .agg(pl.col("_dev").median().alias(f"{prefix}_mad"))
+    )
+    return df.join(mad, on=by, how="left", nulls_equal=True)
+
+
+def _baselines(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
+    """The baseline of each hour: same hour of week, else same hour of day and kind of day,
+    else same hour of day; `baseline` names it, `median`, `mad`, `n` give it."""
+    key = ["meter_id", "channel"]
+    df = _with_stats(hourly, [*key, "how"], "w")
+    df = _with_stats(df, [*key, "weekend", "hod"], "k")
+    df = _with_stats(df, [*key, "hod"], "d")
+    df = df.join(df.group_by(key).agg(pl.col("use").mean().alias("mean_hour")), on=key, how="left")
+    week = pl.col("w_n") >= params.min_weeks
+    kind = pl.col("k_n") >= params.min_days
+    day = pl.col("d_n") >= params.min_days
+
+    def pick(name: str) -> pl.Expr:
+        return (
+            pl.when(week)
+            .then(pl.col(f"w_{name}"))
+            .when(kind)
+            .then(pl.col(f"k_{name}"))
+            .when(day)
+            .then(pl.col(f"d_{name}"))
+        )
+
+    df = df.with_columns(
+        pl.when(week)
+        .then(pl.lit("same_hour_of_week"))
+        .when(kind | day)
+        .then(pl.lit("same_hour_of_day"))
+        .alias("baseline"),
+        pick("median").alias("median"),
+        pick("mad").alias("mad"),
+        pick("n").cast(pl.Int64).alias("n"),
+        pl.when(week)
+        .then(pl.lit("how"))
+        .when(kind)
+        .then(pl.lit("kind"))
+        .when(day)
+        .then(pl.lit("hod"))
+        .alias("_level"),
+    )
+    scale = pl.max_horizontal(
+        pl.col("mad") * MAD_TO_SIGMA,
+        pl.col("median").abs() * params.rel_floor,
+        pl.col("mean_hour").abs() * params.abs_floor_share,
+    )
+    return df.with_columns(scale.alias("scale")).drop(
+        "w_median", "w_mad", "w_n", "k_median", "k_mad", "k_n", "d_median", "d_mad", "d_n"
+    )
+
+
+def _weather_adjusted(
+    hourly: pl.DataFrame, weather: pl.DataFrame | None, params: UsageParams
+) -> pl.DataFrame:
+    """`expected` = baseline median, moved by the meter's degree-hour slopes when weather is
+    known (`temperature_c`, `beta_cooling`, `beta_heating`, `weather_shift` explain it)."""
+    plain = hourly.with_columns(
+        pl.col("median").alias("expected"),
+        pl.lit(None, pl.Float64).alias("temperature_c"),
+        pl.lit(None, pl.Float64).alias("beta_cooling"),
+        pl.lit(None, pl.Float64).alias("beta_heating"),
+        pl.lit(0.0).alias("weather_shift"),
+    )
+    if weather is None or weather.height == 0:
+        return plain
+    temps = (
+        weather.filter(pl.col("temperature_c").is_not_null())
+        .group_by(
+            pl.col("project").cast(pl.String), pl.col("ts").cast(TS).dt.truncate("1h").alias("hour")
+        )
+        .agg(pl.col("temperature_c").mean())
+    )
+    df = hourly.join(temps, on=["project", "hour"], how="left")
+    cdh = (pl.col("temperature_c") - params.cooling_base_c).clip(0.0, None)
+    hdh = (params.heating_base_c - pl.col("temperature_c")).clip(0.0, None)
+    key = ["meter_id", "channel"]
+    # the baseline's own degree-hours: their median over the same hours the median came from
+    slot_by = pl.when(pl.col("_level") == "how").then(pl.col("how")).otherwise(pl.col("hod"))
+    kind_by = pl.when(pl.col("_level") == "kind").then(pl.col("weekend")).otherwise(pl.lit(None))
+    df = df.with_columns(
+        cdh.alias("cdh"), hdh.alias("hdh"), slot_by.alias("_slot"), kind_by.alias("_kind")
+    )
+    group = [*key, "_level", "_slot", "_kind"]
+    df = df.with_columns(
+        (pl.col("cdh") - pl.col("cdh").median().over(group)).alias("dc"),
+        (pl.col("hdh") - pl.col("hdh").median().over(group)).alias("dh"),
+    )
+    lim = params.residual_clip * pl.col("scale")
+    resid = (pl.col("use") - pl.col("median")).clip(-lim, lim)
+    dc, dh = pl.col("dc").fill_null(0.0), pl.col("dh").fill_null(0.0)
+    fit = (
+        df.filter(pl.col("median").is_not_null())
+        .group_by(key)
+        .agg(
+            (dc * dc).sum().alias("scc"),
+            (dh * dh).sum().alias("shh"),
+            (dc * dh).sum().alias("sch"),
+            (resid * dc).sum().alias("src"),
+            (resid * dh).sum().alias("srh"),
+        )
+    )
+    det = pl.col("scc") * pl.col("shh") - pl.col("sch") ** 2
+    # Solve the 2x2 normal equations; a degenerate one (no spread in a term) falls back to a
+    # one-term fit, and slopes are never negative (more degree-hours never mean less use).
+    bc2 = pl.col("src") * pl.col("shh") - pl.col("srh") * pl.col("sch")
+    bh2 = pl.col("srh") * pl.col("scc") - pl.col("src") * pl.col("sch")
+    fit = fit.with_columns(
+        pl.when(det > 1e-9)
+        .then(bc2 / det)
+        .when(pl.col("scc") > 1e-9)
+        .then(pl.col("src") / pl.col("scc"))
+        .otherwise(0.0)
+        .clip(0.0, None)
+        .alias("beta_cooling"),
+        pl.when(det > 1e-9)
+        .then(bh2 / det)
+        .when(pl.col("shh") > 1e-9)
+        .then(pl.col("srh") / pl.col("shh"))
+        .otherwise(0.0)
+        .clip(0.0, None)
+        .alias("beta_heating"),
+    ).select(*key, "beta_cooling", "beta_heating")
+    df = df.join(fit, on=key, how="left")
+    shift = pl.col("beta_cooling").fill_null(0.0) * dc + pl.col("beta_heating").fill_null(0.0) * dh
+    return df.with_columns(
+        shift.alias("weather_shift"),
+        (pl.col("median") + shift).clip(0.0, None).alias("expected"),
+    ).drop("cdh", "hdh", "dc", "dh", "_slot", "_kind")
+
+
+def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
+    z = (pl.col("use") - pl.col("expected")) / pl.col("scale")
+    spike = (
+        (z >= params.z_spike)
+        & (pl.col("use") >= params.spike_ratio * pl.col("expected"))
+        & (pl.col("scale") > 0)
+    )
+    drop = (
+        (z <= -params.z_drop)
+        & (pl.col("use") <= params.drop_ratio * pl.col("expected"))
+        & (pl.col("expected") - pl.col("use") >= params.min_share_of_mean * pl.col("mean_hour"))
+        & (pl.col("scale") > 0)
+    )
+    return (
+        hourly.filter(pl.col("median").is_not_null())
+        .with_columns(
+            z.alias("z"), spike.fill_null(False).alias("spike"), drop.fill_null(False).alias("drop")
+        )
+        .sort("meter_id", "channel", "hour")  # hours of flagged-or-not meters: a small frame
+    )
+
+
+def _findings(scored: pl.DataFrame, kind: str, params: UsageParams) -> pl.DataFrame:
+    flag = pl.col(kind)
+    key = pl.col("meter_id") + "\x1f" + pl.col("channel")
+    prev_hour = pl.col("hour").shift(1)
+    contiguous = (key == key.shift(1)) & (pl.col("hour") - prev_hour == pl.duration(hours=1))
+    new = flag & ~(flag.shift(1, fill_value=False) & contiguous.fill_null(False))
+    episodes = (
+        scored.with_columns(new.cast(pl.UInt32).cum_sum().alias("_run"))
+        .filter(flag)
+        .group_by("_run", maintain_order=True)
+        .agg(
+            pl.col("meter_id").first(),
+            pl.col("channel").first(),
+            pl.col("hour").first().alias("start"),
+            (pl.col("hour").last() + pl.duration(hours=1)).alias("end"),
+            pl.col("hour"),
+            pl.col("use"),
+            pl.col("expected"),
+            pl.col("median"),
+            pl.col("scale"),
+            pl.col("z"),
+            pl.col("n").min().alias("n"),
+            pl.col("mean_hour").first(),
+            (pl.col("use") - pl.col("expected")).sum().alias("excess"),
+            pl.col("baseline").first(),
+            pl.col("temperature_c"),
+            pl.col("weather_shift"),
+            pl.col("beta_cooling").first(),
+            pl.col("beta_heating").first(),
+        )
+        .filter(pl.col("use").list.len() >= params.min_hours)
+    )
+    need = pl.col("channel").replace_strict(
+        dict(params.excess_mean_hours),
+        default=params.default_excess_mean_hours,
+        return_dtype=pl.Float64,
+    ) * pl.col("mean_hour")
+    if kind == "spike":
+        episodes = episodes.filter(pl.col("excess") >= need)
+    if episodes.height == 0:
+        return empty(FINDINGS_SCHEMA)
+    # how far beyond what the rule needs: the spike's excess, or a drop's lost share
+    beyond = (
+        pl.col("excess") / need
+        if kind == "spike"
+        else -pl.col("excess") / pl.col("expected").list.sum()
+    )
+    episodes = episodes.with_columns(
+        need.alias("excess_needed"),
+        severity(beyond, 0.0, params.critical_excess_factor if kind == "spike" else 0.9).alias(
+            "severity"
+        ),
+        pl.col("hour").list.get(params.min_hours - 1).alias("detected_at"),
+    )
+    settings = asdict(params)
+    settings["channels"] = list(params.channels)
+    parts = []
+    for baseline in ("same_hour_of_week", "same_hour_of_day"):
+        subset = episodes.filter(pl.col("baseline") == baseline)
+        if subset.height == 0:
+            continue
+        rule = f"{kind}.{baseline}"
+
+        def evidence(row: dict[str, Any], rule: str = rule) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "rule": rule,
+                "channel": row["channel"],
+                "hours": [iso(h) for h in row["hour"]],
+                "use": row["use"],
+                "expected": row["expected"],
+                "baseline_median": row["median"],
+                "robust_sigma": row["scale"],
+                "z": row["z"],
+                "baseline_samples": row["n"],
+                "excess": row["excess"],
+                "excess_needed": row["excess_needed"],
+                "mean_hour": row["mean_hour"],
+                "detected_at": iso(row["detected_at"] + _HOUR),
+                "params": settings,
+            }
+            if row["beta_cooling"] is not None:
+                out["weather"] = {
+                    "temperature_c": row["temperature_c"],
+                    "shift": row["weather_shift"],
+                    "beta_cooling_per_degree_hour": row["beta_cooling"],
+                    "beta_heating_per_degree_hour": row["beta_heating"],
+                }
+            return out
+
+        parts.append(
+            to_findings(subset, rule=rule, kind=kind, evidence_of=evidence, subject="meter_id")
+        )
+    return concat_findings(parts)
