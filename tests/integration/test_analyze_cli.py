@@ -187,6 +187,24 @@ def test_evaluate_a_ledger_prints_the_table(
         assert (tmp_path / f"accuracy.{part}.csv").is_file(), part
 
 
+def test_evaluate_an_export_against_its_ledger(
+    pipeline: object, history: Path, tmp_path: Path
+) -> None:
+    export = tmp_path / "export.csv"
+    pl.read_parquet(history).select("meter_id", "channel", "ts", "value", "quality").write_csv(
+        export
+    )
+    direct = analyze("evaluate", "--ledger", history, "-q")
+    via_csv = analyze("evaluate", "--ledger", history, "--input", export, "-q")
+    assert direct.returncode == 0, direct.stderr
+    assert via_csv.returncode == 0, via_csv.stderr
+    assert via_csv.stdout == direct.stdout
+    # --check turns a missed target into exit 1, and only that.
+    checked = analyze("evaluate", "--ledger", history, "--check", "-q")
+    assert checked.stdout == direct.stdout
+    assert checked.returncode == (1 if "MISSED" in direct.stdout else 0)
+
+
 def test_evaluate_random_scenarios(pipeline: object, tmp_path: Path) -> None:
     result = analyze(
         "evaluate", "--scenarios", "2", "--seed", "5", "--days", "8", "--workdir", tmp_path
