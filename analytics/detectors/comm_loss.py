@@ -200,7 +200,9 @@ def _intermittent(df: pl.DataFrame, params: CommLossParams) -> pl.DataFrame:
         return _no_rows()
     # Rolling count of lost polls over the last w rows of the same stream: a cumulative sum,
     # differenced w rows back, and clipped at the stream's start.
-    cs = pl.col("lost").cum_sum()
+    # (the cumulative sum is a column first: inside `over` it would restart per stream)
+    work = work.with_columns(pl.col("lost").cum_sum().alias("_cs"))
+    cs = pl.col("_cs")
     start_cs = (cs - pl.col("lost")).first().over("_stream")
     back = pl.when(s.shift(w) == s).then(cs.shift(w)).otherwise(start_cs)
     work = work.with_columns((cs - back).alias("in_window"))
@@ -259,18 +261,24 @@ def _no_value(df: pl.DataFrame, params: CommLossParams) -> pl.DataFrame:
 
 def _outside(episodes: pl.DataFrame, cover: pl.DataFrame) -> pl.DataFrame:
     """`episodes` not contained in an episode of `cover` on the same stream (an intermittent
-    spell that is all one silence is that silence)."""
+    spell that is all one silence is that silence). An intermittent spell is dated by the
+    answered polls that reveal the lost ones, so it may end one cadence after the silence."""
     if episodes.height == 0 or cover.height == 0:
         return episodes
     indexed = episodes.with_row_index("_i")
+    slack = pl.duration(microseconds=(pl.col("c") * 1e6).cast(pl.Int64))
     inside = (
         indexed.join(
             cover.select(
-                "meter_id", "channel", pl.col("start").alias("s"), pl.col("end").alias("e")
+                "meter_id",
+                "channel",
+                pl.col("start").alias("s"),
+                pl.col("end").alias("e"),
+                pl.col("cadence").alias("c"),
             ),
             on=["meter_id", "channel"],
         )
-        .filter((pl.col("start") >= pl.col("s")) & (pl.col("end") <= pl.col("e")))
+        .filter((pl.col("start") >= pl.col("s")) & (pl.col("end") <= pl.col("e") + slack))
         .get_column("_i")
         .unique()
     )
