@@ -80,30 +80,23 @@ $$;
 
 -- 15-minute, hourly, local daily and local monthly consumption per meter, building and project
 -- (analytics/rollups.py ROLLUP_SCHEMA). `key` is the meter code, building code or project code;
--- building codes are unique within a project only, hence project_id in the key. The
--- consumption_whole/_frac and estimated_whole/_frac columns are the exact fixed-point sums the
--- incremental refresh continues from (the unsigned 64-bit fractions are stored bit for bit in
--- bigint).
+-- building codes are unique within a project only, hence project_id in the key.
 CREATE TABLE rollups (
-    project_id         bigint NOT NULL REFERENCES projects (id),
-    level              rollup_level NOT NULL,
-    key                text NOT NULL,
-    channel            text NOT NULL,
-    period             rollup_period NOT NULL,
-    bucket_start       timestamptz NOT NULL,
-    bucket_end         timestamptz NOT NULL,
-    consumption        double precision NOT NULL CHECK (consumption >= 0),
-    estimated          double precision NOT NULL CHECK (estimated >= 0),
-    estimated_share    double precision CHECK (estimated_share >= 0),
-    quality            consumption_quality NOT NULL,
-    meters             integer NOT NULL CHECK (meters >= 0),
-    coverage           double precision,
-    covered_us         bigint NOT NULL,
-    consumption_whole  bigint NOT NULL,
-    consumption_frac   bigint NOT NULL,
-    estimated_whole    bigint NOT NULL,
-    estimated_frac     bigint NOT NULL,
-    computed_at        timestamptz NOT NULL,
+    project_id       bigint NOT NULL REFERENCES projects (id),
+    level            rollup_level NOT NULL,
+    key              text NOT NULL,
+    channel          text NOT NULL,
+    period           rollup_period NOT NULL,
+    bucket_start     timestamptz NOT NULL,
+    bucket_end       timestamptz NOT NULL,
+    consumption      double precision NOT NULL CHECK (consumption >= 0),
+    estimated        double precision NOT NULL CHECK (estimated >= 0),
+    estimated_share  double precision CHECK (estimated_share >= 0),
+    quality          consumption_quality NOT NULL,
+    meters           integer NOT NULL CHECK (meters >= 0),
+    coverage         double precision,
+    covered_us       bigint NOT NULL,
+    computed_at      timestamptz NOT NULL,
     CHECK (bucket_end > bucket_start),
     CONSTRAINT rollups_key UNIQUE (project_id, level, period, key, channel, bucket_start)
 );
