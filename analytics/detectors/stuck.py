@@ -11,9 +11,10 @@ it should have moved:
   move the register has made, so float32 registers far from zero are not held to a resolution
   they do not have) and at least `min_expected`;
 - `stuck.history`: for a meter without such a channel, its own history says it should move:
-  the meter's low hourly rate (the `history_quantile` of its hourly consumption, outside flat
-  spells) over the flat period is again at least `min_steps` register steps. A meter that is
-  often idle has a low rate of zero and is never reported this way.
+  its register stood still in fewer than `history_quantile` of its other hours, and its low
+  hourly rate (that quantile of its moving hours) over the flat period is again at least
+  `min_steps` register steps. A meter that is often idle (a vacant flat, a plant that runs
+  on demand) is never reported this way.
 
 A flat spell shorter than `min_hours` is not looked at. Import registers only (energy, water,
 heat and gas imported): an export or reactive register stands still on most meters by design.
@@ -252,25 +253,17 @@ def _expected_from_related(flats: pl.DataFrame, related: pl.DataFrame) -> pl.Dat
 def _expected_from_history(
     spells: pl.DataFrame, counters: pl.DataFrame, params: StuckParams
 ) -> pl.DataFrame:
-    """Flat spells of meters without a related channel, with the register's low hourly rate
-    (the `history_quantile` of its positive-or-zero hourly rates, outside flat spells) and what
-    that rate gives over the spell."""
+    """Flat spells of meters without a related channel, with what the meter's own history
+    says: `idle_share`, the share of its other hours in which the register did not move, and
+    `low_rate`, the `history_quantile` of its moving hours' rates; `expected` = low rate x the
+    spell's hours when the meter is rarely idle (idle share below the quantile), else 0."""
     if spells.height == 0:
         return spells
     mine = counters.join(spells.select("_m").unique(), on="_m", how="semi")
-    # hours inside a flat spell are what is in question: they are not history
-    flat_hours = (
-        spells.select(
-            "_m", "channel", pl.int_ranges(pl.col("a") // 3600, pl.col("b") // 3600 + 1).alias("_h")
-        )
-        .explode("_h")
-        .unique()
-    )
     hourly = (
         mine.with_columns((pl.col("_s") // 3600).alias("_h"))
-        .join(flat_hours, on=["_m", "channel", "_h"], how="anti")
         .group_by("_m", "channel", "_h")
-        .agg(pl.col("value").min().alias("lo"), pl.col("value").max().alias("hi"))
+        .agg(pl.col("value").min().alias("lo"))
         .sort("_m", "channel", "_h")  # a small frame: meters without a related channel only
         .with_columns(
             (pl.col("lo").shift(-1).over("_m", "channel") - pl.col("lo")).alias("rate"),
@@ -278,13 +271,25 @@ def _expected_from_history(
         )
         .filter((pl.col("gap") == 1) & (pl.col("rate") >= 0))
     )
-    low = hourly.group_by("_m", "channel").agg(
-        pl.col("rate").quantile(params.history_quantile).alias("low_rate"),
+    history = hourly.group_by("_m", "channel").agg(
         pl.len().alias("history_hours"),
+        (pl.col("rate") == 0).sum().alias("idle_hours"),
+        pl.col("rate")
+        .filter(pl.col("rate") > 0)
+        .quantile(params.history_quantile)
+        .alias("low_rate"),
     )
     hours = (pl.col("b") - pl.col("a")) / 3600.0
-    return spells.join(low, on=["_m", "channel"], how="left").with_columns(
-        (pl.col("low_rate") * hours).alias("expected")
+    # the spell's own whole hours are idle hours of the register: not history
+    own = ((pl.col("b") // 3600) - ((pl.col("a") + 3599) // 3600)).clip(0, None)
+    others = (pl.col("history_hours") - own).clip(1, None)
+    idle_share = ((pl.col("idle_hours") - own).clip(0, None) / others).alias("idle_share")
+    out = spells.join(history, on=["_m", "channel"], how="left").with_columns(idle_share)
+    return out.with_columns(
+        pl.when(pl.col("idle_share") < params.history_quantile)
+        .then(pl.col("low_rate") * hours)
+        .otherwise(0.0)
+        .alias("expected")
     )
 
 
@@ -349,6 +354,7 @@ def _history_findings(spells: pl.DataFrame, params: StuckParams) -> pl.DataFrame
             "polls": row["polls"],
             "resolution": row["resolution"],
             "low_rate_per_h": row["low_rate"],
+            "idle_share": row["idle_share"],
             "history_hours": row["history_hours"],
             "expected": row["expected"],
             "params": settings,
