@@ -103,6 +103,7 @@ _PRECEDENCE: Final = ("measured", "backfilled", "manual", "estimated")
 _RANK_OF_PHYSICAL: Final = np.array([_PRECEDENCE.index(q) for q in CONSUMPTION_QUALITY], np.int8)
 _ESTIMATED_RANK: Final = _PRECEDENCE.index("estimated")
 _QUALITY_BY_RANK: Final = pl.Series(_PRECEDENCE, dtype=CONSUMPTION_QUALITY_ENUM)
+_RANK_WEIGHT: Final = np.array([2.0 ** (17 * r) for r in range(len(_PRECEDENCE))])
 
 I64 = npt.NDArray[np.int64]
 I8 = npt.NDArray[np.int8]
@@ -169,11 +170,10 @@ def _sums(
         cov = np.add.reduceat(b.cov, starts)
         n = np.add.reduceat(b.n, starts)
     else:
-        q = np.zeros(nseg, np.int8)
-        for rank in range(1, len(_PRECEDENCE)):
-            hit = b.q == rank
-            if hit.any():
-                q[np.bincount(seg[hit], minlength=nseg) > 0] = rank
+        # The worst rank from one weighted count: rank r weighs 2**(17*r), and fewer than 2**16
+        # members keep each rank's total below the next rank's weight (`_group` checks).
+        weight = np.bincount(seg, _RANK_WEIGHT[b.q], nseg)
+        q = np.searchsorted(_RANK_WEIGHT[1:], weight, side="right").astype(np.int8)
         cov = _int_sums(seg, b.cov, nseg)
         n = (
             np.bincount(seg, minlength=nseg).astype(np.int64)
@@ -484,7 +484,8 @@ def _group(block: _Block, to: I64) -> _Block:
     lo, hi = int(block.slot.min()), int(block.slot.max()) + 1
     width = hi - lo
     bins = (int(target.max()) + 1) * width
-    if bins > 4 * len(block) + 1_000_000:
+    # (rows are unique per (entity, slot), so a cell has at most as many rows as members)
+    if bins > 4 * len(block) + 1_000_000 or np.bincount(to).max() >= 2**16:
         return _reduce(block, target, block.slot)
     # Dense bins (entity x slot): no sort, and bincount keeps the members' row order.
     idx = target * width + (block.slot - lo)
