@@ -111,7 +111,7 @@ def _require(lf: pl.LazyFrame, columns: tuple[str, ...], path: Path, what: str) 
         )
 
 
-def _utc(column: str, lf: pl.LazyFrame) -> pl.Expr:
+def _utc(column: str, lf: pl.LazyFrame, *, strict: bool = True) -> pl.Expr:
     """A timestamp column as UTC microseconds: strings parsed (an offset honoured, none taken as
     UTC), naive datetimes taken as UTC, aware ones converted."""
     import polars as pl  # noqa: PLC0415
@@ -121,22 +121,22 @@ def _utc(column: str, lf: pl.LazyFrame) -> pl.Expr:
     dtype = lf.collect_schema()[column]
     col = pl.col(column)
     if dtype == pl.String:
-        return col.str.to_datetime(time_unit="us", time_zone="UTC").alias(column)
+        return col.str.to_datetime(time_unit="us", time_zone="UTC", strict=strict).alias(column)
     if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
         return col.dt.replace_time_zone("UTC").cast(TS).alias(column)
     return col.cast(TS).alias(column)
 
 
-def _read_readings(path: Path, extra: tuple[str, ...] = ()) -> pl.DataFrame:
-    """Readings in `analytics.frames.READINGS_SCHEMA` (plus `extra` columns). An export without
-    `quality` is read as the gateway would have flagged it: `comm_error` where the value is
-    missing, `good` elsewhere."""
+def _read_readings(path: Path) -> pl.DataFrame:
+    """Readings in `analytics.frames.READINGS_SCHEMA`. An export without `quality` is read as
+    the gateway would have flagged it: `comm_error` where the value is missing, `good`
+    elsewhere. A `ts` text that is not a time is named, with its first offending value."""
     import polars as pl  # noqa: PLC0415
 
     from analytics.frames import READINGS_SCHEMA  # noqa: PLC0415
 
     lf = _scan(path, "input")
-    _require(lf, READING_COLUMNS + extra, path, "readings")
+    _require(lf, READING_COLUMNS, path, "readings")
     if "quality" not in lf.collect_schema().names():
         lf = lf.with_columns(
             pl.when(pl.col("value").is_null())
@@ -144,18 +144,28 @@ def _read_readings(path: Path, extra: tuple[str, ...] = ()) -> pl.DataFrame:
             .otherwise(pl.lit("good"))
             .alias("quality")
         )
+    text_ts = lf.collect_schema()["ts"] == pl.String
     try:
-        return (
-            lf.with_columns(_utc("ts", lf))
+        df = (
+            lf.with_columns(pl.col("ts").alias("ts_text"), _utc("ts", lf, strict=False))
             .select(
                 *(pl.col(c).cast(t) for c, t in READINGS_SCHEMA.items()),
-                *(pl.col(c) for c in extra),
+                *([pl.col("ts_text")] if text_ts else []),
             )
             .collect()
         )
     except pl.exceptions.PolarsError as exc:
         first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
         raise InputError(f"{path}: {first}") from None
+    if text_ts:
+        bad = df.filter(pl.col("ts").is_null() & pl.col("ts_text").is_not_null())
+        if bad.height:
+            raise InputError(
+                f"{path}: column 'ts': {bad['ts_text'][0]!r} is not a time"
+                " (ISO 8601 expected, e.g. 2026-01-05T00:00:00Z)"
+            )
+        df = df.drop("ts_text")
+    return df
 
 
 def _derived_meters(readings: pl.DataFrame, time_zone: str) -> pl.DataFrame:
@@ -212,13 +222,19 @@ def _read_weather(weather: Path | None, readings_path: Path) -> pl.DataFrame | N
 
 
 def _write(df: pl.DataFrame, path: Path, fmt: Format) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt is Format.parquet:
-        df.write_parquet(path)
-    elif fmt is Format.csv:
-        df.write_csv(path)
-    else:
-        df.write_json(path)
+    import polars as pl  # noqa: PLC0415
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt is Format.parquet:
+            df.write_parquet(path)
+        elif fmt is Format.csv:
+            df.write_csv(path)
+        else:
+            df.write_json(path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+        raise InputError(f"cannot write {path}: {first}") from None
 
 
 def _format_of(output: Path, fmt: Format | None) -> Format:
@@ -317,7 +333,8 @@ def _file_mode(  # noqa: PLR0917 - the commands' options
     result = _run_pass(inputs, log)
     frame: pl.DataFrame = getattr(result, what)
     out_format = _format_of(output, fmt)
-    _write(frame, output, out_format)
+    with _input_errors():
+        _write(frame, output, out_format)
     log(f"wrote {frame.height:,} rows to {output} ({out_format})")
 
 
@@ -586,14 +603,19 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
         print(f"all {len(results)} scenarios:")  # noqa: T201
     print(format_report(total))  # noqa: T201
     if output is not None:
-        out_format = _format_of(output, fmt)
-        _write(total.kinds, output, out_format)
-        stem = output.name.removesuffix(output.suffix)
-        for part in ("faults", "detections", "consumption"):
-            beside = output.with_name(f"{stem}.{part}.{out_format}")
-            _write(getattr(total, part), beside, out_format)
+        with _input_errors():
+            _write_evaluation(total, output, _format_of(output, fmt))
     if check and not total.targets_met:
         raise typer.Exit(1)
+
+
+def _write_evaluation(total: Evaluation, output: Path, out_format: Format) -> None:
+    """The per-kind table at `output`, the per-fault, per-detection and per-stream frames
+    beside it."""
+    _write(total.kinds, output, out_format)
+    stem = output.name.removesuffix(output.suffix)
+    for part in ("faults", "detections", "consumption"):
+        _write(getattr(total, part), output.with_name(f"{stem}.{part}.{out_format}"), out_format)
 
 
 def _default_base() -> Path:

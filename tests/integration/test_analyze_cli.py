@@ -82,6 +82,26 @@ def test_missing_columns_are_all_named(tmp_path: Path) -> None:
     assert "missing columns 'channel', 'ts', 'value'" in line
 
 
+def test_a_timestamp_that_is_not_a_time_is_named(tmp_path: Path) -> None:
+    csv = tmp_path / "export.csv"
+    csv.write_text(
+        "meter_id,channel,ts,value\n"
+        "m1,energy_import_kwh,2026-01-05T00:00:00Z,1.0\n"
+        "m1,energy_import_kwh,yesterday,2.0\n"
+    )
+    line = one_error_line(analyze("consumption", "-i", csv, "-o", tmp_path / "o.csv"))
+    assert line.startswith(f"meterward: error: {csv}: column 'ts': 'yesterday' is not a time")
+
+
+def test_an_unwritable_output_is_one_line(pipeline: object, tmp_path: Path) -> None:
+    csv = tmp_path / "export.csv"
+    csv.write_text("meter_id,channel,ts,value\nm1,energy_import_kwh,2026-01-05T00:00:00Z,1.0\n")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = one_error_line(analyze("consumption", "-q", "-i", csv, "-o", blocker / "o.csv"))
+    assert line.startswith(f"meterward: error: cannot write {blocker / 'o.csv'}")
+
+
 def test_an_unreadable_file_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"this is not parquet")
