@@ -13,7 +13,8 @@ them) and compared with what that meter uses in the same local hour:
    baseline moves with the temperature: cooling and heating degree-hours (above
    `cooling_base_c`, below `heating_base_c`) against their median in the baseline's hours,
    times the meter's own sensitivity - a least-squares slope per meter over all its hours,
-   with residuals clipped so anomalies do not teach it, and never negative. A heat wave raises
+   fitted again without the hours it cannot explain (so anomalies do not teach it), and
+   never negative. A heat wave raises
    an air conditioner's expected use instead of raising an alarm;
 3. **rule**: an hour is a spike when it exceeds the expected use by `z_spike` robust sigmas
    (MAD x 1.4826, floored at `rel_floor` of the median and `abs_floor_share` of the meter's
@@ -239,26 +240,43 @@ def _weather_adjusted(
         (pl.col("cdh") - pl.col("cdh").median().over(group)).alias("dc"),
         (pl.col("hdh") - pl.col("hdh").median().over(group)).alias("dh"),
     )
-    lim = params.residual_clip * pl.col("scale")
-    resid = (pl.col("use") - pl.col("median")).clip(-lim, lim)
     dc, dh = pl.col("dc").fill_null(0.0), pl.col("dh").fill_null(0.0)
-    fit = (
-        df.filter(pl.col("median").is_not_null())
-        .group_by(key)
-        .agg(
-            (dc * dc).sum().alias("scc"),
-            (dh * dh).sum().alias("shh"),
-            (dc * dh).sum().alias("sch"),
-            (resid * dc).sum().alias("src"),
-            (resid * dh).sum().alias("srh"),
-        )
+    resid = pl.col("use") - pl.col("median")
+    usable = df.filter(pl.col("median").is_not_null())
+    # Two passes: a least-squares fit, then the same fit without the hours it cannot explain
+    # (beyond `residual_clip` sigmas: the anomalies themselves must not teach the slope).
+    fit = _slopes(usable, key, resid, dc, dh)
+    after = resid - pl.col("beta_cooling") * dc - pl.col("beta_heating") * dh
+    inliers = usable.join(fit, on=key, how="left").filter(
+        after.abs() <= params.residual_clip * pl.col("scale")
+    )
+    fit = _slopes(inliers.drop("beta_cooling", "beta_heating"), key, resid, dc, dh)
+    df = df.join(fit, on=key, how="left")
+    shift = pl.col("beta_cooling").fill_null(0.0) * dc + pl.col("beta_heating").fill_null(0.0) * dh
+    return df.with_columns(
+        shift.alias("weather_shift"),
+        (pl.col("median") + shift).clip(0.0, None).alias("expected"),
+    ).drop("cdh", "hdh", "dc", "dh", "_slot", "_kind")
+
+
+def _slopes(
+    df: pl.DataFrame, key: list[str], resid: pl.Expr, dc: pl.Expr, dh: pl.Expr
+) -> pl.DataFrame:
+    """Per meter, the least-squares slopes of `resid` on cooling (`dc`) and heating (`dh`)
+    degree-hour differences: the 2x2 normal equations from sums; a degenerate system (no
+    spread in a term) falls back to a one-term fit, and slopes are never negative (more
+    degree-hours never mean less use)."""
+    sums = df.group_by(key).agg(
+        (dc * dc).sum().alias("scc"),
+        (dh * dh).sum().alias("shh"),
+        (dc * dh).sum().alias("sch"),
+        (resid * dc).sum().alias("src"),
+        (resid * dh).sum().alias("srh"),
     )
     det = pl.col("scc") * pl.col("shh") - pl.col("sch") ** 2
-    # Solve the 2x2 normal equations; a degenerate one (no spread in a term) falls back to a
-    # one-term fit, and slopes are never negative (more degree-hours never mean less use).
     bc2 = pl.col("src") * pl.col("shh") - pl.col("srh") * pl.col("sch")
     bh2 = pl.col("srh") * pl.col("scc") - pl.col("src") * pl.col("sch")
-    fit = fit.with_columns(
+    return sums.with_columns(
         pl.when(det > 1e-9)
         .then(bc2 / det)
         .when(pl.col("scc") > 1e-9)
@@ -274,12 +292,6 @@ def _weather_adjusted(
         .clip(0.0, None)
         .alias("beta_heating"),
     ).select(*key, "beta_cooling", "beta_heating")
-    df = df.join(fit, on=key, how="left")
-    shift = pl.col("beta_cooling").fill_null(0.0) * dc + pl.col("beta_heating").fill_null(0.0) * dh
-    return df.with_columns(
-        shift.alias("weather_shift"),
-        (pl.col("median") + shift).clip(0.0, None).alias("expected"),
-    ).drop("cdh", "hdh", "dc", "dh", "_slot", "_kind")
 
 
 def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
