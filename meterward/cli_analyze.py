@@ -514,7 +514,12 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
         ),
     ] = None,
     days: Annotated[
-        float, typer.Option(min=5.0, help="Days to simulate for --scenario/--scenarios.")
+        float,
+        typer.Option(
+            min=1.0,
+            help="Days to simulate for --scenario/--scenarios (random scenarios need at least 7:"
+            " a baseline before the faults and room after them).",
+        ),
     ] = 14.0,
     interval: Annotated[str, typer.Option(help="Reading interval when simulating.")] = "15m",
     workdir: Annotated[
@@ -560,6 +565,7 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
     matching rules.
     """
     from analytics.evaluate import combine, format_report  # noqa: PLC0415
+    from simulators.random_scenario import MIN_RANDOM_DAYS  # noqa: PLC0415
     from simulators.scenario import parse_duration  # noqa: PLC0415
 
     if input_path is not None and ledger is None:
@@ -573,6 +579,8 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
         raise _fail(str(exc)) from None
     if interval_s <= 0:
         raise _fail("--interval must be positive")
+    if scenarios and days < MIN_RANDOM_DAYS:
+        raise _fail(f"--days must be at least {MIN_RANDOM_DAYS:g} for random scenarios")
     log = _Log(quiet)
     results: list[tuple[str, Evaluation]] = []
     with _input_errors(), tempfile.TemporaryDirectory(prefix="mw-evaluate-") as tmp:

@@ -46,6 +46,8 @@ from simulators.scenario import MeterSpec, parse_scenario, plan
 
 DEFAULT_DAYS: Final = 14.0
 DEFAULT_WARMUP_DAYS: Final = 3.0
+# Shortest run with the default warm-up: a baseline before the faults, room after them.
+MIN_RANDOM_DAYS: Final = DEFAULT_WARMUP_DAYS + 4.0
 
 # Allocation order: kinds with the scarcest eligible meters first.
 _ORDER: Final = (
@@ -354,4 +356,4 @@ def to_toml(doc: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["random_scenario", "to_toml"]
+__all__ = ["MIN_RANDOM_DAYS", "random_scenario", "to_toml"]

@@ -144,6 +144,11 @@ def test_evaluate_names_a_missing_ledger_column(history: Path, tmp_path: Path) -
     assert "missing column 'params'" in one_error_line(analyze("evaluate", "--ledger", faults))
 
 
+def test_evaluate_refuses_random_scenarios_too_short_for_a_baseline() -> None:
+    line = one_error_line(analyze("evaluate", "--scenarios", "1", "--days", "3"))
+    assert "--days must be at least 7" in line
+
+
 def test_evaluate_names_a_bad_tolerance(history: Path) -> None:
     line = one_error_line(analyze("evaluate", "--ledger", history, "--tolerance", "soon"))
     assert "bad duration 'soon'" in line
