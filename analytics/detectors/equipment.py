@@ -108,7 +108,8 @@ class EquipmentParams:
     min_run_hours: float = 0.25
     max_single_share: float = 0.25
     max_cycle_step: dt.timedelta = dt.timedelta(minutes=2)
-    min_starts: int = 5
+    min_starts: int = 5  # a day with fewer counted starts has no cycle figures
+    min_hour_starts: int = 3  # an hour of day is judged on at least this many starts
     window_days: int = 28
     min_days: int = 4
     min_tau: float = 0.4
@@ -292,7 +293,7 @@ def daily_figures(
         .group_by("meter_id", "hod")
         .agg(
             resolved=(pl.col("single").mean() <= p.max_single_share)
-            & (pl.len() >= p.min_starts)
+            & (pl.len() >= p.min_hour_starts)
             & (pl.col("step").first() <= p.max_cycle_step)
         )
     )
