@@ -39,6 +39,7 @@ from typing import Any, Final
 import polars as pl
 
 from analytics import frames
+from analytics.detectors import common
 
 GENERATION_LOADS: Final = frozenset({"pv", "solar", "generation", "generator", "chp", "battery"})
 
@@ -169,26 +170,19 @@ def _sustained(runs: pl.DataFrame, min_duration: dt.timedelta, min_readings: int
 
 
 def _findings(runs: pl.DataFrame, rule: str, kind: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """Findings frame from runs (meter_id, start, end) and per-run severity/evidence dicts."""
+    """Findings from runs (meter_id, start, end) and, per run, its severity and evidence."""
     if runs.is_empty():
         return frames.empty(frames.FINDINGS_SCHEMA)
-    return pl.DataFrame(
-        {
-            "subject": runs["meter_id"],
-            "rule": [rule] * runs.height,
-            "kind": [kind] * runs.height,
-            "start": runs["start"],
-            "end": runs["end"],
-            "severity": [r["severity"] for r in rows],
-            "evidence": [frames.evidence(r["evidence"]) for r in rows],
-            "lead_time_days": pl.Series([None] * runs.height, dtype=pl.Float64),
-        },
-        schema=frames.FINDINGS_SCHEMA,
+    df = runs.select(
+        pl.col("meter_id").alias("subject"),
+        "start",
+        "end",
+        pl.Series("severity", [r["severity"] for r in rows], pl.String),
+        pl.int_range(pl.len()).alias("_i"),
     )
-
-
-def _sort(df: pl.DataFrame) -> pl.DataFrame:
-    return df.sort("subject", "start", "rule")
+    return common.to_findings(
+        df, rule=rule, kind=kind, evidence_of=lambda r: rows[r["_i"]]["evidence"]
+    )
 
 
 def _ct_reversal(wide: pl.DataFrame, generation: pl.Series, p: ElectricalParams) -> pl.DataFrame:
@@ -390,7 +384,7 @@ def detect_electrical(
     ct = _ct_reversal(wide, generation, params)
     loss, imbalance = _voltage_rules(wide, params)
     neg = _negative_consumption(consumption)
-    return _sort(pl.concat([ct, loss, imbalance, neg]))
+    return common.concat_findings([ct, loss, imbalance, neg])
 
 
 __all__ = [
