@@ -20,7 +20,8 @@ vectorised over every (meter, counter channel) stream at once:
   event); a *reset* when the new read is near zero (what the register counted since restarting
   from 0); otherwise an *unexplained drop*: no consumption for that interval (null value and
   quality) and an event. "Can have" and "near zero" mean within `headroom` times the stream's
-  own mean rate over the elapsed time, plus `near_zero` register units.
+  own mean rate over the elapsed time, plus `near_zero` register units, or within
+  `near_zero_share` of the register's size.
 - **Replacements** (meters.replacements: at, closing, opening): reads at or after `at` are put
   on the old register's scale by adding `closing - opening`, so the step across the seam is
   `(closing - last old read) + (first new read - opening)`. A missing closing reading counts
@@ -89,6 +90,8 @@ class ConsumptionParams:
         reads when the register comes back (runs of exact zeros may be of any length).
     headroom: a step is plausible up to `headroom` x the stream's mean rate x elapsed time ...
     near_zero: ... plus this many register units (also what "near zero" means after a reset).
+    near_zero_share: ... or this share of the register before a drop: after a drop a register
+        is near zero, and before it near its modulus, within the plausible step or this share.
     reset_fill: "profile" (default) tops a reset interval up to the meter's typical consumption
         for it (the old register's last counts are lost); "counted" keeps the count since the
         reset only.
@@ -100,6 +103,7 @@ class ConsumptionParams:
     near_zero: float = 1.0
     reset_fill: Literal["profile", "counted"] = "profile"
     min_inferred_modulus: float = 100.0
+    near_zero_share: float = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,15 +363,13 @@ def _neighbour(stream: I64, rows: I64, k: int) -> I64:
     return out
 
 
-def _window(v: F64, stream: I64, rows: I64, ks: range) -> tuple[F64, F64]:
-    """(max, min) of the values at rows + k for k in ks within each row's stream (NaN: none)."""
+def _window(v: F64, stream: I64, rows: I64, ks: range) -> F64:
+    """Values at rows + k for k in ks within each row's stream, (len(ks), rows); NaN: none."""
     got = []
     for k in ks:  # a few offsets (max_bad_run), each vectorised over the rows
         nb = _neighbour(stream, rows, k)
         got.append(np.where(nb >= 0, v[np.maximum(nb, 0)], np.nan))
-    stack = np.vstack(got)
-    with np.errstate(invalid="ignore"):
-        return np.fmax.reduce(stack, axis=0), np.fmin.reduce(stack, axis=0)
+    return np.vstack(got)
 
 
 def _mean_rate(stream: I64, ts: I64, v: F64, raw: F64, *, ok: B, n_streams: int) -> F64:
@@ -403,12 +405,17 @@ def _bad_reads(
     if dec.size:
         rows = np.unique((dec[:, None] + np.arange(-w, w)[None, :]).ravel())
         rows = rows[(rows >= 0) & (rows < n)]
-        pmax, pmin = _window(v, stream, rows, range(-w, 0))
-        fmax, fmin = _window(v, stream, rows, range(1, w + 1))
+        before = _window(v, stream, rows, range(-w, 0))
+        after = _window(v, stream, rows, range(1, w + 1))
         x = v[rows]
         with np.errstate(invalid="ignore"):
-            dip = (pmax > x) & (fmax >= pmax)  # below earlier reads; the register comes back
-            jump = (fmin < x) & (pmin <= fmin)  # above later reads that are back at earlier ones
+            # A dip: the lowest earlier read above it is reached again by a later read.
+            above = np.fmin.reduce(np.where(before > x, before, np.nan), axis=0)
+            dip = above <= np.fmax.reduce(after, axis=0)
+            # A jump: the highest later read below it is back at or above an earlier read
+            # (a wrap or reset further on, far below every earlier read, does not count).
+            below = np.fmax.reduce(np.where(after < x, after, np.nan), axis=0)
+            jump = np.fmin.reduce(before, axis=0) <= below
         kind[rows[jump]] = _BAD_JUMP
         kind[rows[dip]] = _BAD_DIP
     zero = raw == 0.0
@@ -476,16 +483,21 @@ def _pairs(
     jd = j[drop]
     sd = ps[drop]
     rp, rj = r[jd - 1], r[jd]
-    bound = params.headroom * rate[sd] * (t[jd] - t[jd - 1]) / US + params.near_zero
+    slack = params.headroom * rate[sd] * (t[jd] - t[jd - 1]) / US + params.near_zero
     known = modulus[sd]
     with np.errstate(divide="ignore", invalid="ignore"):
         power = 10.0 ** (np.floor(np.log10(np.where(rp > 0, rp, 1.0))) + 1.0)
     inferred = np.isnan(known) & (rp >= params.min_inferred_modulus)
     mod = np.where(np.isnan(known), np.where(inferred, power, np.nan), known)
-    wrap = mod - rp + rj
+    # Near zero after the drop (what a fresh register can have counted), and near enough to
+    # the modulus before it to have reached it: both within the stream's plausible use, or a
+    # small share of the register's size (a wrap right after an idle spell is still a wrap).
+    near_zero = rj <= slack + params.near_zero_share * rp
     with np.errstate(invalid="ignore"):
-        roll = (wrap >= 0) & (wrap <= bound)
-    reset = ~roll & (rj <= bound)
+        to_top = mod - rp
+        roll = near_zero & (to_top >= 0) & (to_top <= slack + params.near_zero_share * mod)
+    wrap = mod - rp + rj
+    reset = ~roll & near_zero
     lost = ~roll & ~reset
     delta[drop] = np.where(roll, wrap, np.where(reset, rj, np.nan))
     return _Pairs(
@@ -630,7 +642,7 @@ def consumption(
     # Value rows; of reads snapped to one slot (a drifting clock), the last one stays.
     vi = np.flatnonzero(st.valid)
     s_v, sl_v = st.stream[vi], slot_all[vi]
-    vi = vi[np.append((s_v[:-1] != s_v[1:]) | (sl_v[:-1] != sl_v[1:]), True)]
+    vi = vi[np.append((s_v[:-1] != s_v[1:]) | (sl_v[:-1] != sl_v[1:]), True)] if vi.size else vi
     stream, ts, raw, slot = st.stream[vi], st.ts[vi], st.value[vi], slot_all[vi]
 
     modulus, multiplier, seams = _ledger(meters, st)
