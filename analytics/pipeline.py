@@ -8,6 +8,7 @@ readings.
     result.intervals   # CONSUMPTION_SCHEMA: interval consumption per meter and counter channel
     result.events      # COUNTER_EVENTS_SCHEMA: rollovers, resets, replacements, bad reads, ...
     result.findings    # FINDINGS_SCHEMA: every detector's findings, sorted
+    result.rollups     # analytics.rollups.ROLLUP_SCHEMA: 15 min to month, meter to project
 
 Counter events become findings only where someone must act: a device reset (`info`: the
 register restarted, which can also be tampering) and an unexplained drop (`warning`: the
@@ -22,13 +23,25 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from analytics.consumption import ConsumptionParams, consumption
-from analytics.detectors.balance import BalanceParams, detect_balance
-from analytics.detectors.comm_loss import CommLossParams, detect_comm_loss
+from analytics.detectors import (
+    BalanceParams,
+    CommLossParams,
+    ElectricalParams,
+    EquipmentParams,
+    LeakParams,
+    StuckParams,
+    UsageParams,
+    detect_balance,
+    detect_comm_loss,
+    detect_electrical,
+    detect_equipment,
+    detect_leak,
+    detect_stuck,
+    detect_usage,
+)
 from analytics.detectors.common import concat_findings
-from analytics.detectors.electrical import ElectricalParams, detect_electrical
-from analytics.detectors.leak import LeakParams, detect_leak
-from analytics.detectors.stuck import StuckParams, detect_stuck
 from analytics.frames import FINDINGS_SCHEMA, SEVERITY_ENUM, evidence, readings_frame
+from analytics.rollups import rollup
 
 # Counter events that are findings, with their severity.
 _EVENT_FINDINGS = {"reset": "info", "unexplained_drop": "warning"}
@@ -40,10 +53,13 @@ class PassParams:
 
     consumption: ConsumptionParams = field(default_factory=ConsumptionParams)
     leak: LeakParams = field(default_factory=LeakParams)
+    usage: UsageParams = field(default_factory=UsageParams)
     stuck: StuckParams = field(default_factory=StuckParams)
     comm_loss: CommLossParams = field(default_factory=CommLossParams)
     electrical: ElectricalParams = field(default_factory=ElectricalParams)
     balance: BalanceParams = field(default_factory=BalanceParams)
+    equipment: EquipmentParams = field(default_factory=EquipmentParams)
+    rollups: bool = True  # the scheduled intraday tick refreshes rollups on its own cadence
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +67,7 @@ class PassResult:
     intervals: pl.DataFrame
     events: pl.DataFrame
     findings: pl.DataFrame
+    rollups: pl.DataFrame  # analytics.rollups.ROLLUP_SCHEMA; empty when params.rollups is off
 
 
 def run_pass(
@@ -60,7 +77,7 @@ def run_pass(
     weather: pl.DataFrame | None = None,
     params: PassParams | None = None,
 ) -> PassResult:
-    """Consumption, counter events and every detector's findings over `readings`.
+    """Consumption, counter events, rollups and every detector's findings over `readings`.
 
     >>> import datetime as dt
     >>> t = [dt.datetime(2026, 1, 5, 0, m, tzinfo=dt.UTC) for m in (0, 15, 30, 45)]
@@ -80,13 +97,16 @@ def run_pass(
     intervals = counted.intervals
     parts = [
         detect_leak(frame, intervals, meters, params=p.leak, weather=weather),
+        detect_usage(frame, intervals, meters, params=p.usage, weather=weather),
         detect_stuck(frame, intervals, meters, params=p.stuck, weather=weather),
         detect_comm_loss(frame, intervals, meters, params=p.comm_loss, weather=weather),
         detect_electrical(frame, intervals, meters, params=p.electrical),
         detect_balance(frame, intervals, meters, params=p.balance),
+        detect_equipment(frame, intervals, meters, params=p.equipment),
         event_findings(counted.events),
     ]
-    return PassResult(intervals, counted.events, concat_findings(parts))
+    rollups = rollup(intervals, meters) if p.rollups else rollup(intervals.clear(), meters)
+    return PassResult(intervals, counted.events, concat_findings(parts), rollups)
 
 
 def event_findings(events: pl.DataFrame) -> pl.DataFrame:
