@@ -21,6 +21,12 @@ Decisions:
 - **Times leave room to detect**: faults start after `warmup_days` (detectors need a baseline)
   and end at least a day before the run ends; a degradation's failure date (start +
   `ramp_days`) falls inside the run, so "detected before failure" is measurable.
+- **Spikes add** a load (`extra`) rather than multiply it: a factor on a load that happens to
+  be idle (lighting by day, water at night) adds nothing, and an anomaly that changes nothing
+  cannot be expected of anyone. The added load is what a maintenance team wants to hear
+  about: 4-8 times the meter's nominal mean for electricity (a heater and a dryer left on) and
+  20-40 times for water (a running hose), for 2-4 hours. Ordinary variation - a busy evening,
+  a shower - is smaller, and no detector should report it.
 - **Rollover** opens the primary counter a few hours to a day and a half of nominal load below
   a modulus, so it wraps inside the run on a typical meter.
 - Device faults (`busy`, `slow`) go on Modbus meters, where they exist on the wire; half of the
@@ -110,7 +116,7 @@ def _dur(minutes: int) -> str:
 # Faults with a window: its length in minutes, (shortest, longest).
 _WINDOWS: Final[dict[str, tuple[int, int]]] = {
     "leak": (2 * 1440, 4 * 1440),  # detectors count nights
-    "spike": (60, 240),
+    "spike": (120, 240),
     "stuck": (6 * 60, 24 * 60),
     "zero_read": (15, 60),
     "nan_read": (15, 60),
@@ -131,6 +137,13 @@ def _rollover(m: MeterSpec, rng: random.Random, clock: _Clock, timeout_ms: float
         "modulus": modulus,
         "start_value": round(modulus - hourly * rng.uniform(4.0, 36.0), 2),
     }
+
+
+def _spike(m: MeterSpec, rng: random.Random, clock: _Clock, timeout_ms: float) -> dict[str, Any]:
+    # Added load in multiples of the meter's nominal mean (W, or m3/h): see the docstring.
+    low, high = (20.0, 40.0) if m.kind == "water" else (4.0, 8.0)
+    nominal = m.scale * NOMINAL.get((m.kind, m.load), 1.0)
+    return {"extra": float(f"{nominal * rng.uniform(low, high):.4g}")}
 
 
 def _replacement(
@@ -178,7 +191,7 @@ def _ct_reversal(
 
 _PARAMS: Final[dict[str, _Params]] = {
     "leak": lambda m, rng, c, t: {"flow_m3h": round(rng.uniform(0.02, 0.08), 3)},
-    "spike": lambda m, rng, c, t: {"factor": round(rng.uniform(3.0, 6.0), 2)},
+    "spike": _spike,
     "stuck": lambda m, rng, c, t: {"resume": rng.random() < 0.25},
     "zero_read": lambda m, rng, c, t: {"probability": rng.choice((1.0, 1.0, 0.5))},
     "nan_read": lambda m, rng, c, t: {"probability": rng.choice((1.0, 1.0, 0.5))},

@@ -40,6 +40,9 @@ def test_every_generated_scenario_loads_plans_and_has_every_kind(seed: int, tmp_
             assert f.start + float(f.params["ramp_days"]) * 86400 <= end, f
         if f.end is not None:
             assert f.end <= end, f
+        if f.kind == "spike":  # an added load: visible whatever the meter was doing
+            assert float(f.params["extra"]) > 0, f
+            assert "factor" not in f.params, f
 
 
 def test_the_same_seed_gives_the_same_bytes_and_another_seed_another_scenario() -> None:
