@@ -16,26 +16,39 @@ Per unit (meters with `load` in `EquipmentParams.loads`):
    than `max_gap` between them).
 2. **Daily figures** (local days of the meter's zone, days with at least `min_coverage` of
    their readings): `run_hours` (hours at full power a day: energy from the import counter, or
-   `consumption` when given, over `on - off`; the counter integrates, so it is exact however
-   coarse the polling), `cycles` (starts a day), `energy_per_cycle` (kWh above standby per
-   start), `run_time_per_cycle` (minutes per start) and `standby` (median stopped power).
-   Cycles are only counted when the polling resolves them: the unit's mean run must span at
-   least `min_run_readings` readings in the first half of the input (one-minute polling of a
-   pump running minutes at a time does; fifteen-minute polling does not, and then only
-   `run_hours` and `standby` are judged). Days running less than `min_run_hours` are idle and
-   are not trend points, so a pump that is simply not needed raises nothing.
-3. **Weekly rhythm.** Demand differs on weekends (offices empty, homes full), so each figure is
+   `consumption` when given, above standby over `on - off`; the counter integrates, so it is
+   exact however coarse the polling), `cycles` (starts a day), `energy_per_cycle` (kWh above
+   standby per start), `run_time_per_cycle` (minutes per start) and `standby` (median stopped
+   power). Days running less than `min_run_hours` are idle and are not trend points, so a
+   pump that is simply not needed raises nothing.
+3. **Which starts count.** A start can only be counted where the polling resolves runs:
+   polling at most `max_cycle_step` apart (one minute resolves a pump running minutes at a
+   time; fifteen minutes aliases a 14-minute cycle into a slow false one), and only in the
+   local hours of day whose starts, over the first half of the days, were single-reading runs
+   at most `max_single_share` of the time (night-time runs shorter than the polling are missed
+   or caught by chance, which would pass for a change in cycling). The cycle figures use those
+   hours only, the same hours every day. With coarse polling only `run_hours` and `standby`
+   are judged.
+4. **Weekly rhythm.** Demand differs on weekends (offices empty, homes full), so each figure is
    divided by its median over the unit's days of the same kind (weekday or weekend) before the
    trend is fitted: a weekend is compared with weekends, a weekday with weekdays.
-4. **Trend.** Over the last `window_days` days with at least `min_days` points: the
-   Theil-Sen slope (median of pairwise slopes, robust to a few odd days) and its consistency
-   tau = (rising pairs - falling pairs) / pairs (Kendall's). A warning needs tau >=
-   `min_tau` and a fitted rise (last day's fitted value over the first's) of at least the
-   figure's `warn` level.
-5. **Lead time.** Days from the last day until the fitted line reaches the figure's `failure`
+5. **Trend or step.** Over the last `window_days` days with at least `min_days` points, one of:
+   - a *trend*: the Theil-Sen slope (median of pairwise slopes, robust to odd days) with
+     Kendall's tau = (rising pairs - falling pairs) / pairs >= `min_tau`, a t = slope x
+     sqrt(sum (x - mean x)^2) / noise >= `min_t`, and a fitted rise (last day's fitted value
+     over the first's) of at least the figure's `warn` level;
+   - a *step* already taken: every day of the last quarter (at least 3 days) above every day
+     of the first quarter, the medians `warn` apart and z >= `min_t` standard errors apart.
+   `noise` is the day-to-day scatter (MAD of successive differences of the detrended values,
+   / sqrt 2), at least `noise_floor` and at least the median of the units of the same load for
+   that figure: a few quiet days do not make an ordinary wobble look significant. With fewer
+   than `small_sample_days` + 2 days, `min_t` grows as sqrt(small_sample_days / (days - 2)).
+6. **Lead time.** Days from the last day until the fitted line reaches the figure's `failure`
    level (documented defaults, in `FIGURES`: +50 % energy or run time per cycle, +50 % daily
    run hours, twice the starts, +50 % standby), 0 when it already has; severity `critical`
-   when the lead time is under `critical_lead_days`, else `warning`.
+   when the lead time is under `critical_lead_days`, else `warning`. The warning levels (+20 %
+   for the energy and time figures, +30 % starts, +20 % standby) sit well above the day-to-day
+   scatter of healthy units (3-7 %) and well below the failure levels.
 
 HVAC run hours, staging and starts follow the weather, not wear (a warm week raises them all),
 so units with a load in `weather_driven_loads` are judged on `weather_driven_figures` only

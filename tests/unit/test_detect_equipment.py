@@ -218,13 +218,13 @@ def test_output_does_not_depend_on_row_order() -> None:
 
 
 def equipment_history(
-    scenario: str, seed: int, days: float, interval_s: int
+    scenario: str, seed: int, days: float, interval_s: int, loads: tuple[str, ...] = EQUIPMENT
 ) -> tuple[int, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """(run start, power/energy readings, meters, faults) of a scenario's pumps, lifts and HVAC
     units only (each meter's physics is keyed by its own id, so dropping the others changes
     nothing about these)."""
     p = plan(load_scenario(ROOT / "scenarios" / scenario), seed=seed)
-    kept = tuple(m for m in p.meters if m.load in EQUIPMENT)
+    kept = tuple(m for m in p.meters if m.load in loads)
     ids = {m.meter_id for m in kept}
     p = dataclasses.replace(
         p,
@@ -250,12 +250,13 @@ def evaluate_degradation(
     days: float = 30,
     interval_s: int = 60,
     params: EquipmentParams | None = None,
+    loads: tuple[str, ...] = EQUIPMENT,
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[float, str]], int]:
     """Replay a scenario's equipment day by day (the daily job's view: only data up to each
     midnight of the run). Returns, per degradation fault, when it was first warned about against
     its failure date (fault start + ramp_days); the healthy units warned about at any cutoff
     (meter -> (days into the run, rule)); and how many healthy units there were."""
-    start, readings, meters, faults = equipment_history(scenario, seed, days, interval_s)
+    start, readings, meters, faults = equipment_history(scenario, seed, days, interval_s, loads)
     t0 = dt.datetime.fromtimestamp(start, dt.UTC)
     deg = {
         r["meter_id"]: (r["start"], json.loads(r["params"]))
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=int, default=60, help="polling interval, seconds")
     ap.add_argument("--days", type=float, default=30)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--loads", default=",".join(EQUIPMENT), help="units to simulate")
     args = ap.parse_args(argv)
     if "-" in args.seeds:
         lo, hi = (int(x) for x in args.seeds.split("-"))
@@ -319,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         for scenario in args.scenarios.split(","):
             found, false, healthy = evaluate_degradation(
-                scenario, seed, days=args.days, interval_s=args.interval
+                scenario,
+                seed,
+                days=args.days,
+                interval_s=args.interval,
+                loads=tuple(args.loads.split(",")),
             )
             cases += found
             false_total += len(false)
