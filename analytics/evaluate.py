@@ -27,6 +27,11 @@ Scoring rules (decisions, each one a knob below):
   polls here and there must not count against recall (it is often physically undetectable); a
   detector that still reports it (its intermittent rule) is not wrong either, so such a finding
   is *explained* (see below), neither a hit nor a false positive.
+- **Degradation** is expected where the data can show it: a fault that only adds starts
+  (`short_cycling_factor`, no `energy_per_cycle_pct`) leaves a pump's energy and run time as
+  they were, so on a meter read less often than `cycle_resolution` (1 minute; the pump runs
+  minutes at a time) nothing shows it, and it only explains a finding. Its failure date is
+  start + `ramp_days`.
 - A detection **matches** a fault when it is on the same meter, of the mapped kind, and the time
   ranges overlap once the fault's range is widened by `tolerance` on both sides (an open-ended
   fault runs to the end of the data). Detections are findings (`subject` as the meter) plus,
@@ -139,6 +144,8 @@ DEFAULT_TOLERANCE: Final = timedelta(hours=1)
 # Consecutive lost polls that make a communication loss (analytics.detectors.comm_loss's
 # silence rule uses the same count).
 DEFAULT_COMM_LOSS_POLLS: Final = 2
+# Readings at most this far apart resolve a pump's starts (it runs minutes at a time).
+DEFAULT_CYCLE_RESOLUTION: Final = timedelta(minutes=1)
 
 _DETECTION_EVENTS: Final = ("rollover", "reset", "replacement", "bad_read", "unexplained_drop")
 
@@ -292,6 +299,41 @@ def _bad_reads_hit(ledger: pl.DataFrame, readings: pl.DataFrame | pl.LazyFrame) 
     return sorted(spoiled.get_column("fault_id").to_list())
 
 
+def _unresolved_cycling(
+    ledger: pl.DataFrame, readings: pl.DataFrame | pl.LazyFrame, resolution: timedelta
+) -> list[int]:
+    """Ids of degradation faults that only add starts (short-cycling, no energy per cycle) on
+    a meter read less often than `resolution`: the pump cycles every few minutes, so 15-minute
+    samples cannot count its starts, and its energy and run time do not change - nothing in
+    the data shows such a fault."""
+    cycling = ledger.filter(
+        (pl.col("fault_kind") == "degradation")
+        & (
+            pl.col("params")
+            .str.json_path_match("$.energy_per_cycle_pct")
+            .cast(pl.Float64)
+            .fill_null(0.0)
+            == 0.0
+        )
+    ).select("fault_id", "meter_id")
+    if cycling.is_empty():
+        return []
+    cadence = (
+        readings.lazy()
+        .select(pl.col("meter_id").cast(pl.String), pl.col("channel").cast(pl.String), "ts")
+        .filter(pl.col("meter_id").is_in(cycling.get_column("meter_id").unique().to_list()))
+        .group_by("meter_id", "channel")
+        .agg(pl.col("ts").sort().diff().median().alias("step"))
+        .group_by("meter_id")
+        .agg(pl.col("step").min())
+        .collect()
+    )
+    coarse = cycling.join(cadence, on="meter_id", how="left").filter(
+        pl.col("step").is_null() | (pl.col("step") > resolution)
+    )
+    return sorted(coarse.get_column("fault_id").to_list())
+
+
 def ground_truth(
     faults: pl.DataFrame,
     readings: pl.DataFrame | pl.LazyFrame,
@@ -299,6 +341,7 @@ def ground_truth(
     horizon: object,
     scenario: str = "",
     comm_loss_polls: int = DEFAULT_COMM_LOSS_POLLS,
+    cycle_resolution: timedelta = DEFAULT_CYCLE_RESOLUTION,
 ) -> pl.DataFrame:
     """What a perfect pipeline reports for a ledger: one row per (fault, finding kind), with
     `required` True for faults recall is scored on and False for faults that only explain a
@@ -345,6 +388,7 @@ def ground_truth(
         .to_list()
     )
     hit = _bad_reads_hit(ledger, readings)
+    unresolved = _unresolved_cycling(ledger, readings, cycle_resolution)
     mapped = pl.col("fault_kind").replace_strict(FAULT_TO_FINDING, default=None)
     required = (
         ledger.with_columns(mapped.alias("kind"))
@@ -354,6 +398,8 @@ def ground_truth(
             .then(pl.col("fault_id").is_in(silenced))
             .when(pl.col("fault_kind").is_in(list(BAD_READ_FAULTS)))
             .then(pl.col("fault_id").is_in(hit))
+            .when(pl.col("fault_kind") == "degradation")
+            .then(pl.col("fault_id").is_in(unresolved).not_())
             .otherwise(True)
             .alias("required"),
             pl.when(pl.col("fault_kind") == "degradation")
@@ -763,6 +809,7 @@ def evaluate(
     scenario: str = "",
     tolerance: timedelta = DEFAULT_TOLERANCE,
     comm_loss_polls: int = DEFAULT_COMM_LOSS_POLLS,
+    cycle_resolution: timedelta = DEFAULT_CYCLE_RESOLUTION,
 ) -> Evaluation:
     """Score one pass (findings, counter events, consumption intervals) against its ledger
     (faults, and readings with `true_value`). See the module docstring for the rules.
@@ -787,7 +834,12 @@ def evaluate(
     """
     horizon = readings.lazy().select(pl.col("ts").cast(TS).max()).collect().item()
     truth = ground_truth(
-        faults, readings, horizon=horizon, scenario=scenario, comm_loss_polls=comm_loss_polls
+        faults,
+        readings,
+        horizon=horizon,
+        scenario=scenario,
+        comm_loss_polls=comm_loss_polls,
+        cycle_resolution=cycle_resolution,
     )
     found = detections(findings, events, scenario=scenario)
     per_fault, per_det = match(truth, found, tolerance)

@@ -15,6 +15,7 @@ keeps a light CLI.
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import tempfile
 import time
@@ -410,17 +411,18 @@ def _check_ledger(paths: _Ledger) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     return faults, truth
 
 
-def _evaluate_one(
-    ledger: Path,
-    input_path: Path | None,
-    *,
-    scenario: str,
-    tolerance_s: float,
-    comm_loss_polls: int,
-    log: _Log,
-) -> Evaluation:
-    import datetime as dt  # noqa: PLC0415
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """The evaluation's matching knobs (see analytics.evaluate)."""
 
+    tolerance: dt.timedelta
+    comm_loss_polls: int
+    cycle_resolution: dt.timedelta
+
+
+def _evaluate_one(
+    ledger: Path, input_path: Path | None, *, scenario: str, rules: _Rules, log: _Log
+) -> Evaluation:
     from analytics.evaluate import evaluate  # noqa: PLC0415
 
     paths = _ledger_paths(ledger)
@@ -439,8 +441,9 @@ def _evaluate_one(
         events=result.events,
         meters=inputs.meters,
         scenario=scenario,
-        tolerance=dt.timedelta(seconds=tolerance_s),
-        comm_loss_polls=comm_loss_polls,
+        tolerance=rules.tolerance,
+        comm_loss_polls=rules.comm_loss_polls,
+        cycle_resolution=rules.cycle_resolution,
     )
 
 
@@ -538,6 +541,13 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
             min=1, help="Consecutive lost polls a device fault must cause to be expected."
         ),
     ] = 2,
+    cycle_resolution: Annotated[
+        str,
+        typer.Option(
+            help="Polling that resolves a pump's starts: short-cycling alone is expected only"
+            " on meters read at least this often."
+        ),
+    ] = "1m",
     output: Annotated[
         Path | None,
         typer.Option(
@@ -573,7 +583,11 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
     if ledger is None and not scenarios and not scenario_files:
         raise _fail("give --ledger, --scenario or --scenarios")
     try:
-        tolerance_s = float(parse_duration(tolerance))
+        rules = _Rules(
+            dt.timedelta(seconds=parse_duration(tolerance)),
+            comm_loss_polls,
+            dt.timedelta(seconds=parse_duration(cycle_resolution)),
+        )
         interval_s = parse_duration(interval)
     except ValueError as exc:
         raise _fail(str(exc)) from None
@@ -598,8 +612,7 @@ def evaluate_cmd(  # noqa: PLR0917 - typer options
                 path,
                 input_path if path == ledger else None,
                 scenario=name,
-                tolerance_s=tolerance_s,
-                comm_loss_polls=comm_loss_polls,
+                rules=rules,
                 log=log,
             )
             results.append((name, ev))

@@ -258,6 +258,32 @@ def test_a_bad_read_that_hit_no_poll_is_not_expected() -> None:
     assert FAULT_TO_FINDING["zero_read"] == "bad_read"
 
 
+def test_short_cycling_is_expected_only_where_the_polling_resolves_starts() -> None:
+    ledger = faults(
+        ("m1", "degradation", 24, None, {"ramp_days": 4.0, "short_cycling_factor": 3.0}),
+        ("m2", "degradation", 24, None, {"ramp_days": 4.0, "energy_per_cycle_pct": 30.0}),
+    )
+    quarter_hourly = readings(["m1", "m2"])
+    minutely = pl.DataFrame(
+        {
+            "meter_id": ["m1"] * 60,
+            "channel": ["power_w"] * 60,
+            "ts": [at(m / 60) for m in range(60)],
+            "value": [1.0] * 60,
+            "quality": ["good"] * 60,
+            "true_value": [1.0] * 60,
+        },
+        schema_overrides={"ts": TS},
+    )
+    required = ground_truth(ledger, quarter_hourly, horizon=at(168)).filter("required")
+    assert required.get_column("meter_id").to_list() == ["m2"]  # m1's starts are unseen
+    required = ground_truth(ledger, minutely, horizon=at(168)).filter("required")
+    assert required.get_column("meter_id").to_list() == ["m1", "m2"]
+    # A detector that still warns about m1 from 15-minute data is not wrong: explained.
+    r = row(run(ledger, findings(("m1", "degradation", 60, 100)), quarter_hourly), "degradation")
+    assert (r["expected"], r["explained"], r["false_positive"]) == (1, 1, 0)
+
+
 def test_a_real_physical_change_explains_a_drop() -> None:
     ledger = faults(("m1", "retrofit", 48, None, {"savings_pct": 40.0}))
     found = findings(("m1", "drop", 60, 84), ("m2", "drop", 60, 84))
