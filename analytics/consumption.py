@@ -47,6 +47,7 @@ time happens only when some stream's rows are out of time order.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -96,6 +97,7 @@ class ConsumptionParams:
         for it (the old register's last counts are lost); "counted" keeps the count since the
         reset only.
     min_inferred_modulus: the smallest power of ten taken as an undeclared register modulus.
+    chunk_rows: streams are processed whole, about this many counter rows at a time (memory).
     """
 
     max_bad_run: int = 3
@@ -104,6 +106,7 @@ class ConsumptionParams:
     reset_fill: Literal["profile", "counted"] = "profile"
     min_inferred_modulus: float = 100.0
     near_zero_share: float = 0.001
+    chunk_rows: int = 1 << 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +149,15 @@ def _is_in(schema: pl.Schema, column: str, names: tuple[str, ...]) -> pl.Expr:
 
 @dataclass(slots=True)
 class _Streams:
-    """The input's counter rows in stream order, as arrays."""
+    """The input's counter rows as arrays in input order, with the stream order."""
 
-    stream: I64  # stream code per row, non-decreasing
-    ts: I64  # microseconds since the epoch, non-decreasing within a stream
-    value: F64
+    stream: npt.NDArray[np.int32]  # stream code per row
+    ts: I64  # microseconds since the epoch
+    value: F64  # NaN where null
     valid: B  # a register value
     answered_bad: B  # an answer that is not a value (NaN sentinel, out of range, negative)
+    order: npt.NDArray[np.int32] | I64  # rows by stream (stable: a stream's rows keep their order)
+    counts: I64  # rows per stream
     meters: list[str]  # meter_id by stream
     channels: list[str]  # channel by stream
 
@@ -173,7 +178,7 @@ def _prepare(readings: pl.DataFrame | pl.LazyFrame) -> _Streams:
             "meter_id",
             "channel",
             pl.col("ts").cast(TS).dt.epoch("us").alias("ts"),
-            value.alias("value"),
+            value.fill_null(np.nan).alias("value"),  # no validity mask: numpy shares it
             (as_value & has_value).fill_null(False).alias("valid"),
             (
                 (as_value & value.is_not_null() & ~has_value)
@@ -188,27 +193,27 @@ def _prepare(readings: pl.DataFrame | pl.LazyFrame) -> _Streams:
     chan_code, chan_names = _codes(df["channel"])
     n_chan = max(len(chan_names), 1)
     combined = meter_code * n_chan + chan_code
+    del meter_code, chan_code
     present = np.zeros(max(len(meter_names), 1) * n_chan, dtype=np.bool_)
     present[combined] = True
     codes = np.flatnonzero(present)
     # Stream codes in (meter_id, channel) order: sorting by stream sorts the output by its keys.
-    dense = np.cumsum(present) - 1
-    stream = dense[combined]
+    stream = (np.cumsum(present) - 1).astype(np.int32)[combined]  # half the memory of int64
+    del combined
     # One stable integer sort keeps each stream's rows in input order (time order for the
-    # simulator's and the store's output); sort by time as well only when that is not so.
-    small = stream.astype(np.uint16) if codes.size <= 65_536 else stream
-    order = np.argsort(small, kind="stable")
-    stream = stream[order]
-    ts = df["ts"].to_numpy()[order]
-    if ((stream[1:] == stream[:-1]) & (ts[1:] < ts[:-1])).any():
-        again = np.lexsort((ts, stream))
-        stream, ts, order = stream[again], ts[again], order[again]
+    # simulator's and the store's output; chunks sort by time as well only when that is not
+    # so). numpy's stable sort merges the sorted runs that block-ordered input already has.
+    order: npt.NDArray[np.int32] | I64 = np.argsort(stream, kind="stable")
+    if stream.size < 2**31:
+        order = order.astype(np.int32)
     return _Streams(
         stream=stream,
-        ts=ts,
-        value=df["value"].to_numpy()[order],
-        valid=df["valid"].to_numpy()[order],
-        answered_bad=df["answered_bad"].to_numpy()[order],
+        ts=df["ts"].to_numpy(),
+        value=df["value"].to_numpy(),
+        valid=df["valid"].to_numpy(),
+        answered_bad=df["answered_bad"].to_numpy(),
+        order=order,
+        counts=np.bincount(stream, minlength=codes.size).astype(np.int64),
         meters=[meter_names[c // n_chan] for c in codes.tolist()],
         channels=[chan_names[c % n_chan] for c in codes.tolist()],
     )
@@ -222,9 +227,14 @@ def _starts(stream: I64, n_streams: int) -> tuple[I64, I64]:
 
 
 def _cadence(stream: I64, ts: I64, n_streams: int) -> I64:
-    """Median time between a stream's rows, snapped to a usual interval within 2% (in us)."""
-    same = stream[1:] == stream[:-1]
-    d = pl.DataFrame({"s": stream[1:][same], "d": ts[1:][same] - ts[:-1][same]})
+    """Median time between a stream's rows (over up to ~64 evenly spaced ones), snapped to a
+    usual interval within 2% (in us)."""
+    first, counts = _starts(stream, n_streams)
+    stride = np.maximum(counts // 64, 1)
+    pos = np.arange(1, stream.size)
+    pick = (stream[1:] == stream[:-1]) & ((pos - first[stream[1:]]) % stride[stream[1:]] == 0)
+    at = pos[pick]
+    d = pl.DataFrame({"s": stream[at], "d": ts[at] - ts[at - 1]})
     med = d.filter(pl.col("d") > 0).group_by("s").agg(pl.col("d").median()).sort("s")
     cadence = np.full(n_streams, 900 * US, dtype=np.int64)  # one row only: the usual 15 min
     cadence[med["s"].to_numpy()] = np.maximum(np.rint(med["d"].to_numpy()), 1).astype(np.int64)
@@ -316,8 +326,10 @@ def _seam_offsets(stream: I64, ts: I64, raw: F64, seams: pl.DataFrame) -> tuple[
     offset = np.zeros(stream.size)
     if seams.height == 0:
         return offset, seams.with_columns(pl.lit(None, pl.Float64).alias("last_read"))
-    affected = np.isin(stream, seams["stream"].unique().to_numpy())
-    idx = np.flatnonzero(affected)
+    affected = np.zeros(int(stream.max()) + 1, dtype=np.bool_)
+    ss = seams["stream"].to_numpy()
+    affected[ss[ss < affected.size]] = True
+    idx = np.flatnonzero(affected[stream])
     sub = pl.DataFrame({"stream": stream[idx], "ts": ts[idx], "raw": raw[idx], "i": idx})
     before = seams.join_asof(
         sub.select("stream", pl.col("ts").alias("at"), pl.col("raw").alias("last_read")),
@@ -535,17 +547,18 @@ def _spread(pr: _Pairs, sl: I64, *, anchor: I64, cadence: I64, params: Consumpti
     start_slot = sl[pr.j - 1]
     topped = np.zeros(pr.drop.size, dtype=np.bool_)
     even = np.zeros(npairs, dtype=np.bool_)
-    if npairs and counts.max() == 1 and not (pr.reset.any() and params.reset_fill == "profile"):
+    if not npairs or (
+        counts.max() == 1 and not (pr.reset.any() and params.reset_fill == "profile")
+    ):
         quality = np.zeros(npairs, dtype=np.int8)  # measured
         quality[pr.drop[pr.lost]] = -1
         return _Out(pr.stream, start_slot, pr.delta.copy(), quality, topped, even)
     out_start = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
-    rep = np.repeat(np.arange(npairs), counts)
-    k = np.arange(rep.size, dtype=np.int64) - out_start[rep]
-    stream = pr.stream[rep]
-    slot = start_slot[rep] + k
-    cons = pr.delta[rep]
-    quality = np.full(rep.size, _Q_MEASURED, dtype=np.int8)
+    total = int(out_start[-1] + counts[-1])
+    stream = np.repeat(pr.stream, counts)
+    slot = np.repeat(start_slot - out_start, counts) + np.arange(total, dtype=np.int64)
+    cons = np.repeat(pr.delta, counts)
+    quality = np.full(total, _Q_MEASURED, dtype=np.int8)
     lost = np.zeros(npairs, dtype=np.bool_)
     lost[pr.drop[pr.lost]] = True
     reset = np.zeros(npairs, dtype=np.bool_)
@@ -584,7 +597,7 @@ def _spread(pr: _Pairs, sl: I64, *, anchor: I64, cadence: I64, params: Consumpti
         cons[where] = amount[local] * share
         est = (counts[nd] > 1) | top
         quality[where] = np.where(est[local], _Q_ESTIMATED, _Q_MEASURED)
-    quality[lost[rep]] = -1
+    quality[_positions(out_start[lost], counts[lost])] = -1
     return _Out(stream, slot, cons, quality, topped, even)
 
 
@@ -628,24 +641,57 @@ def consumption(
     st = _prepare(readings)
     if st.n == 0:
         return _empty()
-    cadence = _cadence(st.stream, st.ts, st.n)
-    first_row, row_count = _starts(st.stream, st.n)
-    anchor = st.ts[first_row]
-    c_row = cadence[st.stream]
-    slot_all = (st.ts - anchor[st.stream] + c_row // 2) // c_row
+    ledger = _ledger(meters, st)
+    # Whole streams at a time, about `chunk_rows` rows each: streams are independent, and the
+    # working arrays stay chunk-sized while the output grows.
+    ends = np.cumsum(st.counts)
+    cuts = np.unique(np.searchsorted(ends, np.arange(1, ends[-1] // params.chunk_rows + 1)
+                                     * params.chunk_rows))  # fmt: skip
+    bounds = [0, *[int(ends[c]) for c in cuts if ends[c] < ends[-1]], int(ends[-1])]
+    intervals, events = [], []
+    for lo, hi in itertools.pairwise(bounds):
+        iv, ev = _chunk(st, st.order[lo:hi], ledger, params)
+        intervals.append(iv)
+        events.append(ev)
+    return ConsumptionResult(pl.concat(intervals), pl.concat(events))
+
+
+def _chunk(
+    st: _Streams,
+    rows: npt.NDArray[np.int32] | I64,
+    ledger: tuple[F64, F64, pl.DataFrame],
+    params: ConsumptionParams,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Intervals and events of the streams whose rows (in stream order) are `rows`."""
+    modulus, multiplier, seams = ledger
+    rows = rows.astype(np.int64)
+    stream, ts = st.stream[rows].astype(np.int64), st.ts[rows]
+    if ((stream[1:] == stream[:-1]) & (ts[1:] < ts[:-1])).any():
+        again = np.lexsort((ts, stream))
+        rows, stream, ts = rows[again], stream[again], ts[again]
+    cadence = _cadence(stream, ts, st.n)
+    first_row, row_count = _starts(stream, st.n)
+    here = row_count > 0
+    anchor = np.where(here, ts[np.minimum(first_row, ts.size - 1)], 0)
+    last_ts = np.where(here, ts[np.minimum(first_row + row_count - 1, ts.size - 1)], 0)
+    c_row = cadence[stream]
+    slot_all = (ts - anchor[stream] + c_row // 2) // c_row
+    del c_row
     events: list[pl.DataFrame] = []
-    ab = np.flatnonzero(st.answered_bad)
+    ab = np.flatnonzero(st.answered_bad[rows])
     if ab.size:
         text = "not a value (NaN sentinel, out of range or negative)"
-        events.append(_events(st.stream[ab], st.ts[ab], "bad_read", pl.lit(text)))
+        events.append(_events(stream[ab], ts[ab], "bad_read", pl.lit(text)))
 
     # Value rows; of reads snapped to one slot (a drifting clock), the last one stays.
-    vi = np.flatnonzero(st.valid)
-    s_v, sl_v = st.stream[vi], slot_all[vi]
+    vi = np.flatnonzero(st.valid[rows])
+    s_v, sl_v = stream[vi], slot_all[vi]
     vi = vi[np.append((s_v[:-1] != s_v[1:]) | (sl_v[:-1] != sl_v[1:]), True)] if vi.size else vi
-    stream, ts, raw, slot = st.stream[vi], st.ts[vi], st.value[vi], slot_all[vi]
+    del s_v, sl_v
+    stream, ts, raw, slot = stream[vi], ts[vi], st.value[rows[vi]], slot_all[vi]
+    del slot_all, vi
 
-    modulus, multiplier, seams = _ledger(meters, st)
+    seams = seams.filter(pl.col("stream").is_in(np.flatnonzero(here)))
     offset, seams = _seam_offsets(stream, ts, raw, seams)
     v = raw + offset if seams.height else raw
     kind, rate = _bad_reads(stream, ts, v, raw, n_streams=st.n, params=params)
@@ -660,15 +706,15 @@ def consumption(
 
     pr = _pairs(stream, ts, raw, v, slot, rate=rate, modulus=modulus, params=params)
     out = _spread(pr, slot, anchor=anchor, cadence=cadence, params=params)
+    events += _pair_events(pr, ts, raw, out, multiplier)
+    del stream, raw, v, slot, pr
     cons = np.maximum(out.consumption * multiplier[out.stream], 0.0)  # NaN (no value) stays
     start = anchor[out.stream] + out.slot * cadence[out.stream]
     end = start + cadence[out.stream]
     intervals = _interval_frame(
         st, out.stream, start=start, end=end, cons=cons, quality=out.quality
     )
-    events += _pair_events(pr, ts, raw, out, multiplier)
     if seams.height:
-        last_ts = st.ts[first_row + row_count - 1]
         ss, at = seams["stream"].to_numpy(), seams["at"].to_numpy()
         sm = seams.filter(pl.Series((at >= anchor[ss]) & (at <= last_ts[ss])))
         if sm.height:
@@ -679,7 +725,7 @@ def consumption(
             events.append(
                 _events(sm["stream"].to_numpy(), sm["at"].to_numpy(), "replacement", detail)
             )
-    return ConsumptionResult(intervals, _event_frame(st, events))
+    return intervals, _event_frame(st, events)
 
 
 def _pair_events(pr: _Pairs, ts: I64, raw: F64, out: _Out, multiplier: F64) -> list[pl.DataFrame]:
@@ -745,8 +791,9 @@ def _profile_weights(
 ) -> F64:
     """A stream's typical consumption in each wanted slot: the median of its measured
     intervals at that UTC hour of week, else its mean measured interval, else 0."""
-    needed = np.unique(want_stream)
-    m = np.flatnonzero(measured & np.isin(s, needed))
+    needed = np.zeros(int(max(s.max(initial=0), want_stream.max(initial=0))) + 1, np.bool_)
+    needed[want_stream] = True
+    m = np.flatnonzero(measured & needed[s])
     seen = pl.DataFrame(
         {
             "stream": s[m],

@@ -387,6 +387,21 @@ def test_same_input_in_any_row_order_or_dtype_gives_identical_frames() -> None:
     assert_frame_equal(first.events, as_enum.events)
 
 
+def test_chunking_by_streams_does_not_change_the_result() -> None:
+    frame = pl.concat(
+        [
+            reads([100.0, 101.0, 0.0, 103.0, 99_990.0, 3.0], meter="m1"),
+            reads([5.0, None, 9.0, 50.0, 10.0], meter="m2"),
+            reads([7.0, 8.0, 1.0, 2.0], meter="m3", slots=[0, 1, 4, 5]),
+        ]
+    )
+    whole = consumption(frame)
+    for rows in (1, 4, 7):
+        chunked = consumption(frame, params=ConsumptionParams(chunk_rows=rows))
+        assert_frame_equal(whole.intervals, chunked.intervals)
+        assert_frame_equal(whole.events, chunked.events)
+
+
 def test_no_readings_give_empty_frames_with_the_schemas() -> None:
     out = consumption(reads([]))
     assert out.intervals.schema == CONSUMPTION_SCHEMA
