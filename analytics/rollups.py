@@ -49,6 +49,7 @@ by (key, project).
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass
 from typing import Final
 
@@ -676,10 +677,9 @@ def refresh(
     """`previous` rollups with the `dirty` buckets recomputed, everything else untouched.
 
     `consumption` must hold every interval overlapping the dirty meter 15-minute slots of their
-    streams (see `consumption_window`); intervals outside them are ignored. Meter hours, days and
-    months are rebuilt from the meter's 15-minute rows (`previous` merged with the recomputed
-    slots), buildings and projects from their meters' rows of the same bucket, all exactly, so
-    the result equals `rollup` over the whole consumption, bit for bit.
+    streams (see `consumption_window`); intervals outside them are ignored. `previous` must be in
+    `ROLLUP_KEY` order, as `rollup` and `refresh` return it. The result equals `rollup` over the
+    whole consumption, bit for bit (see `recompute`).
 
     >>> import datetime as dt
     >>> utc = dt.timezone.utc
@@ -699,34 +699,112 @@ def refresh(
     dirty = dirty.select(DIRTY_SCHEMA.names()).cast(DIRTY_SCHEMA)
     if dirty.height == 0:
         return prev
-    m = _meters(meters)
-    on = list(ROLLUP_KEY)
-    stream = ["key", "channel"]
-    prev_meter = prev.filter(pl.col("level") == "meter")
-    d_meter = dirty.filter(pl.col("level") == "meter")
-    d_streams = d_meter.select(stream).unique()
-    # Every meter row sharing a dirty project bucket (a dirty building bucket is inside one):
-    # the buildings and projects are summed again from them.
-    shared = prev_meter.join(
-        dirty.filter(pl.col("level") == "project").select(
-            "project", "channel", "period", "bucket_start"
-        ),
-        on=["project", "channel", "period", "bucket_start"],
-        how="semi",
-    )
-    # The dirty streams' 15-minute rows in their dirty months: hours, days, months rebuilt.
-    months = d_meter.filter(pl.col("period") == "month").select(
-        *stream, pl.col("bucket_start").alias("m_start"), pl.col("bucket_end").alias("m_end")
-    )
-    old15_rows = (
-        prev_meter.filter(pl.col("period") == "15min")
-        .join(months, on=stream)
-        .filter(
-            pl.col("bucket_start") >= pl.col("m_start"), pl.col("bucket_start") < pl.col("m_end")
+    fresh = recompute(prev, consumption, meters, dirty)
+    return _merge(prev, dirty, fresh)
+
+
+def _blocks_of(frame: pl.DataFrame) -> dict[tuple[str, str], pl.DataFrame]:
+    """The (level, period) slices of a frame in `ROLLUP_KEY` order: zero-copy slices."""
+    code = frame["level"].to_physical().cast(pl.Int64) * len(PERIODS) + frame[
+        "period"
+    ].to_physical().cast(pl.Int64)
+    if not code.is_sorted():
+        raise ValueError("previous rollups are not in ROLLUP_KEY order")
+    out = {}
+    for i, level in enumerate(LEVELS):
+        for j, period in enumerate(PERIODS):
+            c = i * len(PERIODS) + j
+            lo = int(code.search_sorted(c, "left"))
+            hi = int(code.search_sorted(c, "right"))
+            out[level, period] = frame.slice(lo, hi - lo)
+    return out
+
+
+def _at(block: pl.DataFrame, starts: pl.Series) -> pl.DataFrame:
+    """Rows of a slice whose bucket starts at one of `starts` (an integer pass, no strings)."""
+    return block.filter(pl.col("bucket_start").is_in(starts.unique().implode()))
+
+
+def _slot_instants(buckets: pl.DataFrame) -> pl.Series:
+    """Every 15-minute instant inside the given [bucket_start, bucket_end) buckets."""
+    spans = buckets.select("bucket_start", "bucket_end").unique()
+    return (
+        spans.select(
+            pl.datetime_ranges(
+                "bucket_start", pl.col("bucket_end") - pl.duration(minutes=15), "15m"
+            ).alias("t")
         )
-        .drop("m_start", "m_end")
+        .explode("t")["t"]
+        .unique()
     )
-    streams = pl.concat([shared.select(stream), d_streams]).unique()
+
+
+def recompute(
+    previous: pl.DataFrame,
+    consumption: pl.DataFrame | pl.LazyFrame,
+    meters: pl.DataFrame,
+    dirty: pl.DataFrame,
+) -> pl.DataFrame:
+    """The new rows of the `dirty` buckets (a dirty bucket missing from the result has no data
+    any more: delete it). What a store upserts; `refresh` merges it into `previous`.
+
+    Meter 15-minute slots come from `consumption`; a meter's dirty hours from its 15-minute rows,
+    days from its hour rows, months from its day rows (old rows from `previous`, dirty ones just
+    recomputed), in time order; buildings and projects from all their meters' rows of the bucket.
+    That is the order `rollup` sums in, so the values are identical. `previous` needs only the
+    meter rows at the dirty buckets' starts and the dirty streams' rows inside dirty buckets.
+
+    >>> import datetime as dt
+    >>> utc = dt.timezone.utc
+    >>> t = dt.datetime(2026, 1, 5, tzinfo=utc)
+    >>> c = pl.DataFrame({"meter_id": ["m1"], "channel": ["energy_wh"], "start": [t],
+    ...     "end": [t + dt.timedelta(minutes=15)], "consumption": [2.0], "quality": ["measured"]})
+    >>> meters = pl.DataFrame({"meter_id": ["m1"], "project": ["p"], "building": ["B1"],
+    ...     "time_zone": ["Asia/Shanghai"]})
+    >>> recompute(rollup(c.head(0), meters), c, meters, dirty_buckets(c, meters)).height
+    12
+    """
+    prev = previous.select(ROLLUP_SCHEMA.names()).cast(ROLLUP_SCHEMA)
+    dirty = dirty.select(DIRTY_SCHEMA.names()).cast(DIRTY_SCHEMA)
+    if dirty.height == 0:
+        return pl.DataFrame(schema=ROLLUP_SCHEMA)
+    m = _meters(meters)
+    stream = ["key", "channel"]
+    slices = _blocks_of(prev)
+    d = {
+        (lv, p): dirty.filter(pl.col("level") == lv, pl.col("period") == p)
+        for lv in LEVELS
+        for p in PERIODS
+    }
+    d_streams = d["meter", "15min"].select(stream).unique()
+    # Meter rows sharing a dirty project bucket (a dirty building bucket is inside one).
+    shared = {
+        p: _at(slices["meter", p], d["project", p]["bucket_start"]).join(
+            d["project", p].select("project", "channel", "bucket_start"),
+            on=["project", "channel", "bucket_start"],
+            how="semi",
+        )
+        for p in PERIODS
+    }
+    # The dirty streams' rows inside their dirty hours, days and months (children to re-add).
+    children = {
+        child: _at(slices["meter", child], _slot_instants(d["meter", parent]))
+        .join(
+            d["meter", parent].select(
+                *stream,
+                pl.col("bucket_start").alias("p_start"),
+                pl.col("bucket_end").alias("p_end"),
+            ),
+            on=stream,
+        )
+        .filter(
+            pl.col("bucket_start") >= pl.col("p_start"), pl.col("bucket_start") < pl.col("p_end")
+        )
+        .drop("p_start", "p_end")
+        .unique(subset=["key", "channel", "bucket_start"], keep="first", maintain_order=True)
+        for child, parent in itertools.pairwise(PERIODS)
+    }
+    streams = pl.concat([*(f.select(stream) for f in shared.values()), d_streams]).unique()
     ents = _entities(streams.rename({"key": "meter_id"}), m)
     sid_of = ents.streams.select(pl.col("meter_id").alias("key"), "channel", "sid")
 
@@ -742,55 +820,102 @@ def refresh(
             n=rows["meters"].cast(pl.Int64).to_numpy(),
         )
 
-    def dirty_keys(period: str) -> I64:
-        b = block(d_meter.filter(pl.col("period") == period).with_columns(_ZERO_STATE))
-        return _key(b.ent, b.slot)
+    def keys(level: str, period: str, codes: pl.DataFrame | None = None) -> I64:
+        rows = d[level, period]
+        if codes is None:
+            b = block(rows.with_columns(_ZERO_STATE))
+            return _key(b.ent, b.slot)
+        rows = rows.join(codes, on=["key", "project", "channel"])
+        return _key(
+            rows["code"].to_numpy(), rows["bucket_start"].cast(pl.Int64).to_numpy() // SLOT_US
+        )
 
-    # 1. The dirty meter slots, from consumption (pieces outside them are dropped).
+    def without(b: _Block, k: I64) -> _Block:
+        return b.take(~np.isin(_key(b.ent, b.slot), k))
+
+    def only(b: _Block, k: I64) -> _Block:
+        return b.take(np.isin(_key(b.ent, b.slot), k))
+
+    # 1. Dirty meter slots, from consumption (pieces outside them are dropped).
     df = _consumption(consumption).join(
         d_streams.rename({"key": "meter_id"}), on=["meter_id", "channel"], how="semi"
     )
-    fresh = _slots(df, ents)
-    fresh = fresh.take(np.isin(_key(fresh.ent, fresh.slot), dirty_keys("15min")))
-    # 2. The meters' hours, days and months, from their 15-minute rows (old outside the dirty
-    #    slots, fresh inside).
-    old15 = block(old15_rows)
-    old15 = old15.take(~np.isin(_key(old15.ent, old15.slot), dirty_keys("15min")))
-    d15 = block(d_meter.filter(pl.col("period") == "month").with_columns(_ZERO_STATE))
-    end15 = block(
-        d_meter.filter(pl.col("period") == "month")
-        .with_columns(_ZERO_STATE)
-        .with_columns(bucket_start=pl.col("bucket_end"))
-    )
-    cal = _calendar_for([fresh.slot, old15.slot, d15.slot, end15.slot - 1], ents)
-    both = _concat([old15, fresh])
-    meter = _meter_periods(_reduce(both, both.ent, both.slot), ents, cal)
+    spans = [d[lv, p]["bucket_start"] for lv in LEVELS for p in PERIODS] + [
+        d[lv, p]["bucket_end"] for lv in LEVELS for p in PERIODS
+    ]
+    lo_hi = pl.concat(spans).cast(pl.Int64).to_numpy() // SLOT_US
+    cal = _calendar(ents.zones, int(lo_hi.min()), int(lo_hi.max()) + 1)
     blocks: dict[tuple[str, str], _Block] = {}
-    for p in PERIODS:
-        mp = meter[p]
-        blocks["meter", p] = mp.take(np.isin(_key(mp.ent, mp.slot), dirty_keys(p)))
+    blocks["meter", "15min"] = only(_slots(df, ents), keys("meter", "15min"))
+    # 2. Each dirty hour, day, month of a meter from its children, in time order.
+    zone = ents.streams["zone"].to_numpy()
+    for child, parent in itertools.pairwise(PERIODS):
+        rows = _concat(
+            [without(block(children[child]), keys("meter", child)), blocks["meter", child]]
+        )
+        rows = rows.take(_stable_argsort(_key(rows.ent, rows.slot)))
+        up = _reduce(rows, rows.ent, cal.bucket(parent, zone[rows.ent], rows.slot))
+        up.n = np.ones_like(up.n)
+        blocks["meter", parent] = only(up, keys("meter", parent))
     # 3. Buildings and projects from all their meters' rows of each dirty bucket.
     to_b = ents.streams["bcode"].to_numpy()
     to_p = ents.buildings["pcode"].to_numpy()
-    bcodes = ents.buildings.select(pl.col("building").alias("key"), "project", "channel", "bcode")
-    pcodes = ents.projects.select(pl.col("project").alias("key"), "project", "channel", "pcode")
+    bcodes = ents.buildings.select(
+        pl.col("building").alias("key"), "project", "channel", pl.col("bcode").alias("code")
+    )
+    pcodes = ents.projects.select(
+        pl.col("project").alias("key"), "project", "channel", pl.col("pcode").alias("code")
+    )
     for p in PERIODS:
-        others = block(shared.filter(pl.col("period") == p))
-        others = others.take(~np.isin(_key(others.ent, others.slot), dirty_keys(p)))
-        build = _group(_concat([others, blocks["meter", p]]), to_b)
-        proj = _group(build, to_p)
-        for level, codes_, col, out in (
-            ("building", bcodes, "bcode", build),
-            ("project", pcodes, "pcode", proj),
-        ):
-            d = dirty.filter(pl.col("level") == level, pl.col("period") == p).join(
-                codes_, on=["key", "project", "channel"]
-            )
-            want = _key(d[col].to_numpy(), d["bucket_start"].cast(pl.Int64).to_numpy() // SLOT_US)
-            blocks[level, p] = out.take(np.isin(_key(out.ent, out.slot), want))
-    recomputed = _frames(blocks, ents, cal)
-    kept = prev.join(dirty.select(on), on=on, how="anti", maintain_order="left")
-    return pl.concat([kept, recomputed]).sort(on, maintain_order=True)
+        rows = _concat([without(block(shared[p]), keys("meter", p)), blocks["meter", p]])
+        build = _group(rows, to_b)
+        blocks["project", p] = only(_group(build, to_p), keys("project", p, pcodes))
+        blocks["building", p] = only(build, keys("building", p, bcodes))
+    return _frames(blocks, ents, cal)
+
+
+def _merge(prev: pl.DataFrame, dirty: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:
+    """`prev` without the dirty rows, with `fresh` rows in place: a merge of two sorted frames
+    per (level, period) slice on one integer key (group rank, bucket), no multi-key sort."""
+    group = ["key", "project", "channel"]
+    old = _blocks_of(prev)
+    new = _blocks_of(fresh.sort(list(ROLLUP_KEY), maintain_order=True))
+    parts = []
+    for lp, slice_ in old.items():
+        add = new[lp]
+        gone = dirty.filter(pl.col("level") == lp[0], pl.col("period") == lp[1])
+        if gone.height == 0 and add.height == 0:
+            parts.append(slice_)
+            continue
+        kept = slice_
+        run = kept.select(pl.struct(group).rle_id()).to_series()
+        firsts = (
+            kept.filter(run.is_first_distinct()).select(group)
+            if kept.height
+            else kept.select(group)
+        )
+        ranks = (
+            pl.concat([firsts, add.select(group), gone.select(group)])
+            .unique()
+            .sort(group)
+            .with_columns(rank=pl.int_range(pl.len(), dtype=pl.Int64))
+        )
+        run_rank = firsts.join(ranks, on=group, how="left", maintain_order="left")["rank"]
+        slot = (pl.col("bucket_start").cast(pl.Int64) // SLOT_US).cast(pl.Int64)
+        kept = (
+            kept.with_columns(_k=(run_rank.gather(run) * 2**32) + slot)
+            if kept.height
+            else kept.with_columns(_k=pl.lit(0, pl.Int64))
+        )
+        drop = gone.join(ranks, on=group).select((pl.col("rank") * 2**32) + slot)
+        kept = kept.filter(~pl.col("_k").is_in(drop.to_series().implode()))
+        add = (
+            add.join(ranks, on=group, how="left", maintain_order="left")
+            .select(*ROLLUP_SCHEMA.names(), _k=(pl.col("rank") * 2**32) + slot)
+            .sort("_k")
+        )
+        parts.append(kept.merge_sorted(add, key="_k").drop("_k"))
+    return pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=ROLLUP_SCHEMA)
 
 
 _STATE: Final = (
@@ -845,6 +970,7 @@ __all__ = [
     "consumption_window",
     "dirty_buckets",
     "frame_hash",
+    "recompute",
     "refresh",
     "rollup",
     "watermarks",
