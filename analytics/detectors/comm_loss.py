@@ -84,8 +84,9 @@ def detect_comm_loss(
     del consumption, weather
     if readings.height == 0:
         return empty(FINDINGS_SCHEMA)
-    df = _polls(readings)
-    t_end = df.get_column("ts").max()
+    df, t_end = _polls(readings)
+    if df.height == 0:
+        return empty(FINDINGS_SCHEMA)
     silence = _silence(df, t_end, params)
     intermittent = _outside(_intermittent(df, params), silence)
     # the swap's own silence (and what it costs a rolling window) is planned work
@@ -101,35 +102,50 @@ def detect_comm_loss(
     )
 
 
-def _polls(readings: pl.DataFrame) -> pl.DataFrame:
-    """Readings in stream order with the stream's cadence (s) and the poll's state: responsive
-    (the device answered), valued (it answered with a number)."""
+def _polls(readings: pl.DataFrame) -> tuple[pl.DataFrame, float]:
+    """The polls of the streams that lost any (in stream order, with the stream's cadence in
+    seconds and each poll's state: responsive - the device answered - and valued - with a
+    number), and the last instant of the data (unix seconds).
+
+    Most streams lose nothing: one group-by over all readings finds the few that did (a lost
+    or NaN poll, a step longer than their cadence, a silent tail), and the rules run on those."""
     df = sort_streams(
         readings.select("meter_id", "channel", "ts", "value", "quality"), ["meter_id", "channel"]
     )
     s = pl.col("_stream")
-    secs = pl.col("ts").dt.epoch("us") / 1e6
-    answered = (pl.col("quality").cast(pl.String).fill_null("good") != "comm_error") & pl.col(
-        "value"
-    ).is_not_null()
-    df = df.with_columns(
-        secs.alias("t"),
-        pl.when(s == s.shift(1)).then(secs.diff()).alias("step"),
-        answered.alias("responsive"),
+    lost = (pl.col("quality") == "comm_error").fill_null(False) | pl.col("value").is_null()
+    df = df.with_columns((pl.col("ts").dt.epoch("us") / 1e6).alias("t")).with_columns(
+        pl.when(s == s.shift(1)).then(pl.col("t").diff()).alias("step"),
+        (~lost).alias("responsive"),
     )
-    return df.with_columns(
-        (pl.col("responsive") & ~pl.col("value").is_nan().fill_null(False)).alias("valued"),
-        pl.col("step").filter(pl.col("step") > 0).median().over("_stream").alias("cadence"),
-    ).drop("quality", "value")
+    df = df.with_columns(
+        (pl.col("responsive") & ~pl.col("value").is_nan().fill_null(False)).alias("valued")
+    )
+    t_end = float(df.get_column("t").max())  # type: ignore[arg-type]
+    stats = df.group_by("_stream").agg(
+        pl.col("step").filter(pl.col("step") > 0).median().alias("cadence"),
+        pl.col("step").max().alias("max_step"),
+        pl.col("t").filter(pl.col("responsive")).max().alias("last_t"),
+        (~pl.col("valued")).any().alias("unvalued"),
+    )
+    slack = 1.5 * pl.col("cadence")
+    suspect = stats.filter(
+        pl.col("unvalued")
+        | (pl.col("max_step") > slack)
+        | pl.col("last_t").is_null()
+        | (pl.col("last_t") < t_end - slack)
+    ).select("_stream", "cadence")
+    sub = df.filter(s.is_in(suspect.get_column("_stream").implode())).drop("quality", "value")
+    return sub.join(suspect, on="_stream", how="left", maintain_order="left"), t_end
 
 
-def _silence(df: pl.DataFrame, t_end: Any, params: CommLossParams) -> pl.DataFrame:
+def _silence(df: pl.DataFrame, t_end: float, params: CommLossParams) -> pl.DataFrame:
     """Gaps between consecutive answered polls of a stream worth `silence_polls` or more lost
     polls, plus a silent tail up to the data's last instant and a silent head from the stream's
     first row."""
     s = pl.col("_stream")
     resp = df.filter(pl.col("responsive")).select("_stream", "meter_id", "channel", "t", "cadence")
-    end_s = t_end.timestamp() if t_end is not None else 0.0
+    end_s = t_end
     first = df.group_by("_stream").agg(pl.col("t").min().alias("first_t"))
     # Gaps: previous answered poll -> this one. Lost polls = steps of the cadence between them.
     gaps = resp.with_columns(

@@ -174,6 +174,19 @@ def sort_streams(df: pl.DataFrame, keys: Sequence[str], ts: str = "ts") -> pl.Da
     return out.with_columns(key.alias("_key")).sort("_key", maintain_order=True).drop("_key")
 
 
+def sort_by_key(df: pl.DataFrame, key: str) -> pl.DataFrame:
+    """`df` sorted by the integer column `key` (stably), skipping the sort when it already is:
+    a check is one pass, a sort of millions of rows is many.
+
+    >>> sort_by_key(pl.DataFrame({"k": [2, 1, 3]}), "k")["k"].to_list()
+    [1, 2, 3]
+    """
+    col = df.get_column(key)
+    if col.len() < 2 or bool((col.diff().drop_nulls() >= 0).all()):
+        return df
+    return df.sort(key, maintain_order=True)
+
+
 # -- baselines --------------------------------------------------------------------------------
 
 
@@ -398,6 +411,7 @@ __all__ = [
     "robust_baseline",
     "runs",
     "severity",
+    "sort_by_key",
     "sort_streams",
     "to_findings",
     "zones_of",

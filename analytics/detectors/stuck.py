@@ -27,7 +27,14 @@ from typing import Any, Final
 
 import polars as pl
 
-from analytics.detectors.common import codes, concat_findings, iso, severity, to_findings
+from analytics.detectors.common import (
+    codes,
+    concat_findings,
+    iso,
+    severity,
+    sort_by_key,
+    to_findings,
+)
 from analytics.frames import FINDINGS_SCHEMA, empty
 
 COUNTERS: Final = ("energy_import_kwh", "water_volume_m3", "heat_energy_kwh", "gas_volume_m3")
@@ -80,20 +87,17 @@ def detect_stuck(
     """
     del consumption, meters, weather
     relevant = sorted(set(COUNTERS) | {r for v in RELATED.values() for r, _ in v})
+    # Enum and string columns alike, without casting millions of values to text
+    good = pl.col("quality").is_in(_GOOD) | pl.col("quality").is_null()
     df = readings.filter(
-        pl.col("channel").cast(pl.String).is_in(relevant)
+        pl.col("channel").is_in(relevant)
         & pl.col("value").is_not_null()
         & pl.col("value").is_not_nan()
-        & pl.col("quality").cast(pl.String).fill_null("good").is_in(_GOOD)
-    ).select(
-        pl.col("meter_id").cast(pl.String),
-        pl.col("channel").cast(pl.String),
-        "ts",
-        "value",
-    )
+        & good
+    ).select("meter_id", "channel", "ts", "value")
     if df.height == 0:
         return empty(FINDINGS_SCHEMA)
-    df = df.with_columns(codes("meter_id", pl.String()).alias("_m"))
+    df = df.with_columns(codes("meter_id", df.schema["meter_id"]).alias("_m"))
     t0 = df.get_column("ts").min()
     df = df.with_columns(
         (pl.col("ts").dt.epoch("us") - pl.lit(t0).dt.epoch("us")).floordiv(1_000_000).alias("_s")
@@ -120,11 +124,13 @@ def _flat_spells(counters: pl.DataFrame, params: StuckParams) -> pl.DataFrame:
     """Spells where an import register repeats its value: `_m, meter_id, channel, a, b` (the
     reading where the value was first seen and the last one that still showed it, in seconds
     since the frame's start), `value`, `polls`, `resolution` (smallest positive step)."""
-    c = codes("channel", pl.String())
-    ordered = counters.with_columns(c.alias("_c")).with_columns(
-        (_key(pl.col("_m") * 8 + pl.col("_c"), pl.col("_s"))).alias("_k")
+    c = codes("channel", counters.schema["channel"])
+    ordered = counters.with_columns(c.alias("_c"))
+    width = int(ordered.get_column("_c").max() or 0) + 1  # type: ignore[arg-type]
+    ordered = ordered.with_columns(
+        (_key(pl.col("_m") * width + pl.col("_c"), pl.col("_s"))).alias("_k")
     )
-    ordered = ordered.sort("_k", maintain_order=True)
+    ordered = sort_by_key(ordered, "_k")
     same = (pl.col("_k") // (1 << 32)) == (pl.col("_k") // (1 << 32)).shift(1)
     step = pl.when(same).then(pl.col("value") - pl.col("value").shift(1))
     ordered = ordered.with_columns(
@@ -184,9 +190,20 @@ def _related_rates(df: pl.DataFrame) -> pl.DataFrame:
                 "integral_left": pl.Float64,
             }
         )
-    rank_e = pl.col("channel").replace_strict(rank, return_dtype=pl.Int64)
-    best = rel.group_by("_m").agg(rank_e.min().alias("_best"))
-    rel = rel.join(best, on="_m").filter(rank_e == pl.col("_best"))
+    # Each meter's most preferred related channel: per channel, the meters that have it (a
+    # unique over integer codes), each channel kept for meters without a preferred one.
+    keep = pl.lit(False)
+    taken: pl.Series | None = None
+    for name in rank:
+        has = rel.filter(pl.col("channel") == name).get_column("_m").unique()
+        if has.len() == 0:
+            continue
+        mine = pl.col("channel") == name
+        if taken is not None:
+            mine = mine & ~pl.col("_m").is_in(taken.implode())
+        keep = keep | mine
+        taken = has if taken is None else pl.concat([taken, has]).unique()
+    rel = rel.filter(keep)
     rate = pl.col("value").clip(0.0, None) * pl.col("channel").replace_strict(
         factor, return_dtype=pl.Float64
     )
@@ -195,7 +212,8 @@ def _related_rates(df: pl.DataFrame) -> pl.DataFrame:
         pl.col("channel").alias("rate_channel"),
         _key(pl.col("_m"), pl.col("_s")).alias("_k"),
         rate.alias("rate"),
-    ).sort("_k", maintain_order=True)
+    )
+    rel = sort_by_key(rel, "_k")
     m = pl.col("_k") // (1 << 32)
     same = m == m.shift(1)
     dt_h = pl.when(same).then(pl.col("_k").diff() / 3600.0).otherwise(0.0)
