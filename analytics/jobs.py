@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import polars as pl
 import psycopg
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import-untyped]
@@ -579,3 +580,175 @@ def running(worker: AnalyticsWorker) -> Iterator[AnalyticsWorker]:
         yield worker
     finally:
         worker.stop(wait=True)
+
+
+# -- the tick bodies over the store ------------------------------------------------------------
+
+# Rules whose findings the daily job owns (equipment trends need days of history); the intraday
+# job leaves their findings and episodes alone, and the daily job touches nothing else.
+DAILY_RULE_PREFIX: Final = "degradation."
+# Closed episodes loaded with the state: a condition that returns within this of a close
+# reopens the same episode (the longest cooldown or flap window of the default policy).
+EPISODE_MEMORY: Final = dt.timedelta(days=2)
+
+
+def _own_rules(rules: pl.Series, daily: bool) -> pl.Series:
+    owned = rules.str.starts_with(DAILY_RULE_PREFIX)
+    return rules.filter(owned if daily else ~owned)
+
+
+def _load_meters(conn: psycopg.Connection[Any], project: int) -> pl.DataFrame:
+    """The project's meters frame. A meter with no building (the registry allows it) rolls up
+    under the building '' instead of breaking the building level of the rollups."""
+    from analytics import store  # noqa: PLC0415
+
+    return store.load_meters(conn, project).with_columns(pl.col("building").fill_null(""))
+
+
+def _weather(readings: pl.DataFrame, meters: pl.DataFrame) -> pl.DataFrame | None:
+    """The project's temperature channel as the detectors' weather frame, when it has one."""
+    temp = readings.filter(pl.col("channel") == "temperature_c", pl.col("value").is_finite())
+    if temp.is_empty():
+        return None
+    return (
+        temp.join(meters.select("meter_id", "project"), on="meter_id")
+        .group_by("project", "ts")
+        .agg(pl.col("value").mean().alias("temperature_c"))
+        .sort("project", "ts")
+    )
+
+
+def _episodes(
+    ctx: TickContext, findings: pl.DataFrame, *, daily: bool, data_now: dt.datetime
+) -> tuple[Any, pl.DataFrame]:
+    """Advance the job's own episodes (by rule) with the findings still current at the window."""
+    from analytics import episodes, store  # noqa: PLC0415
+
+    state = store.load_episodes(ctx.conn, ctx.project.id, closed_since=data_now - EPISODE_MEMORY)
+    own = state.filter(pl.col("rule").is_in(_own_rules(state["rule"], daily).implode()))
+    current = findings.filter(pl.col("end") >= ctx.window.start)
+    return episodes.advance(own, current, data_now), current
+
+
+def intraday_tick(ctx: TickContext) -> TickOutcome:
+    """One intraday window of a project: consumption, counter events, findings, episodes and
+    the alarm-event outbox, written in the step's transaction with the data watermark.
+
+    Readings from `ctx.load_from` (the lookback the baselines need) to the window's end go
+    through `analytics.pipeline.run_pass`. An interval is written once its closing reading is
+    in, i.e. by the tick whose window holds its end; rows are replace-written from the window's
+    start (or earlier, from the first late reading that arrived since the last tick), so a
+    re-run or a recompute changes exactly what the new result changed.
+    """
+    from analytics import pipeline, store  # noqa: PLC0415
+
+    conn, pid = ctx.conn, ctx.project.id
+    ws, we = ctx.window.start, ctx.window.end
+    horizon = store.received_horizon(conn)
+    mark = store.load_watermark(conn, pid, "intraday")
+    redo_from = ws
+    late_streams = 0
+    if mark is not None:
+        late = store.late_readings(
+            conn, pid, received_after=mark.received_upto, received_upto=horizon, before=ws,
+            not_before=ctx.load_from,
+        )  # fmt: skip
+        if late.height:
+            late_streams = late.height
+            first = late.get_column("ts_min").min()
+            assert isinstance(first, dt.datetime)
+            redo_from = min(ws, first)
+    load_from = min(ctx.load_from, redo_from - (ws - ctx.load_from))
+    meters = _load_meters(conn, pid)
+    readings = store.load_readings(conn, pid, (load_from, we))
+    result = pipeline.run_pass(readings, meters, weather=_weather(readings, meters))
+
+    # An interval belongs to the tick whose window holds its closing reading (its `end`): the
+    # tick before did not have that reading. The delete scope starts at `redo_from` too.
+    intervals = result.intervals.filter(pl.col("end") >= redo_from)
+    events = result.events.filter(pl.col("ts") >= redo_from)
+    own = _own_rules(result.findings["rule"], daily=False)
+    findings = result.findings.filter(
+        pl.col("rule").is_in(own.implode()), pl.col("end") >= redo_from
+    )
+    stored = store.load_findings(conn, pid, (redo_from, we))
+    rules = sorted(set(own.to_list()) | set(_own_rules(stored["rule"], daily=False).to_list()))
+    window = (redo_from, we)
+    c = store.write_consumption(conn, pid, intervals, computed_at=ctx.now, window=window)
+    e = store.write_counter_events(conn, pid, events, computed_at=ctx.now, window=window)
+    f = store.write_findings(conn, pid, findings, computed_at=ctx.now, window=window, rules=rules)
+    step, _ = _episodes(ctx, findings, daily=False, data_now=we)
+    ep = store.write_episode_step(
+        conn, pid, step, now=ctx.now,
+        watermark=store.Watermark("intraday", watermark=we, received_upto=horizon),
+    )  # fmt: skip
+    return TickOutcome(
+        rows={
+            "consumption": intervals.height,
+            "consumption_changed": c.upserted + c.deleted,
+            "counter_events": events.height,
+            "findings": findings.height,
+            "findings_changed": f.upserted + f.deleted,
+            "events_changed": e.upserted + e.deleted,
+            "episodes_changed": ep.episodes + ep.dropped,
+            "alarm_events": ep.events,
+        },
+        note=f"recomputed from {redo_from.isoformat()} ({late_streams} late streams)"
+        if redo_from < ws
+        else "",
+    )
+
+
+def daily_tick(ctx: TickContext) -> TickOutcome:
+    """One or more local days of a project: rollups (15 minutes to month, meter to project)
+    refreshed for the buckets the days' consumption touches, and equipment-trend findings
+    (which need days of history) with their episodes.
+
+    The intraday job has written every interval of these days (the schedule waits for it), so
+    the rollups read stored consumption; `rollups.refresh` continues from the stored month so
+    far, and the result equals a full recompute bit for bit.
+    """
+    from analytics import rollups, store  # noqa: PLC0415
+    from analytics.detectors.equipment import detect_equipment  # noqa: PLC0415
+
+    conn, pid = ctx.conn, ctx.project.id
+    ds, de = ctx.window.start, ctx.window.end
+    meters = _load_meters(conn, pid)
+    # Intervals overlapping the days: those starting up to a day before may reach in.
+    days = store.load_consumption(conn, pid, (ds - dt.timedelta(days=1), de))
+    days = days.filter(pl.col("end") > ds, pl.col("consumption").is_not_null())
+    written_rollups = 0
+    if days.height:
+        dirty = rollups.dirty_buckets(days, meters)
+        first_month = dirty.get_column("bucket_start").min()
+        assert isinstance(first_month, dt.datetime)
+        previous = store.load_rollups(conn, pid, (first_month, de))
+        fresh = rollups.refresh(previous, days, meters, dirty).join(
+            dirty.select("level", "period", "key", "project", "channel", "bucket_start"),
+            on=["level", "period", "key", "project", "channel", "bucket_start"],
+            how="semi",
+        )
+        w = store.write_rollups(conn, pid, fresh, computed_at=ctx.now, dirty=dirty)
+        written_rollups = w.upserted + w.deleted
+    history = (ctx.load_from, de)
+    readings = store.load_readings(conn, pid, history)
+    consumption = store.load_consumption(conn, pid, history)
+    found = detect_equipment(readings, consumption, meters)
+    found = found.filter(pl.col("rule").is_in(_own_rules(found["rule"], daily=True).implode()))
+    f = store.write_findings(conn, pid, found, computed_at=ctx.now)
+    step, current = _episodes(ctx, found, daily=True, data_now=de)
+    ep = store.write_episode_step(conn, pid, step, now=ctx.now)
+    return TickOutcome(
+        rows={
+            "rollups_changed": written_rollups,
+            "findings": current.height,
+            "findings_changed": f.upserted + f.deleted,
+            "episodes_changed": ep.episodes + ep.dropped,
+            "alarm_events": ep.events,
+        }
+    )
+
+
+def pipeline_work() -> dict[JobKind, TickWork]:
+    """The tick bodies `meterward analytics run` and the demo schedule."""
+    return {"intraday": intraday_tick, "daily": daily_tick}
