@@ -314,14 +314,16 @@ def bad_reads(
     if dec.size:
         rows = np.unique((dec[:, None] + np.arange(-w, w)[None, :]).ravel())
         rows = rows[(rows >= 0) & (rows < stream.size)]
+        before = np.vstack([_shifted(v, stream, rows, k) for k in range(-w, 0)])
+        after = np.vstack([_shifted(v, stream, rows, k) for k in range(1, w + 1)])
+        x = v[rows]
         with np.errstate(invalid="ignore"):
-            before = np.vstack([_shifted(v, stream, rows, k) for k in range(-w, 0)])
-            after = np.vstack([_shifted(v, stream, rows, k) for k in range(1, w + 1)])
-            pmax, pmin = np.fmax.reduce(before, axis=0), np.fmin.reduce(before, axis=0)
-            fmax, fmin = np.fmax.reduce(after, axis=0), np.fmin.reduce(after, axis=0)
-            x = v[rows]
-            dip = (pmax > x) & (fmax >= pmax)
-            jump = (fmin < x) & (pmin <= fmin)
+            # A dip: the lowest earlier read above it is reached again by a later read.
+            above = np.fmin.reduce(np.where(before > x, before, np.nan), axis=0)
+            dip = above <= np.fmax.reduce(after, axis=0)
+            # A jump: the highest later read below it is back at or above an earlier read.
+            below = np.fmax.reduce(np.where(after < x, after, np.nan), axis=0)
+            jump = np.fmin.reduce(before, axis=0) <= below
         kind[rows[jump]] = 3
         kind[rows[dip]] = 2
     zero = raw == 0.0
@@ -417,16 +419,20 @@ def consumption(
     drop = np.flatnonzero(delta < 0)
     jd, sd = j[drop], ps[drop]
     rp, rj = raw[jd - 1], raw[jd]
-    bound = p.headroom * rate[sd] * (ts[jd] - ts[jd - 1]) / US + p.near_zero
+    slack = p.headroom * rate[sd] * (ts[jd] - ts[jd - 1]) / US + p.near_zero
     known = modulus[sd]
     with np.errstate(divide="ignore", invalid="ignore"):
         power = 10.0 ** (np.floor(np.log10(np.where(rp > 0, rp, 1.0))) + 1.0)
     inferred = np.isnan(known) & (rp >= p.min_inferred_modulus)
     mod = np.where(np.isnan(known), np.where(inferred, power, np.nan), known)
-    wrap = mod - rp + rj
+    # Near zero after the drop, and near the modulus before it: within the plausible step or
+    # a small share of the register.
+    near_zero = rj <= slack + p.near_zero_share * rp
     with np.errstate(invalid="ignore"):
-        roll = (wrap >= 0) & (wrap <= bound)
-    reset = ~roll & (rj <= bound)
+        to_top = mod - rp
+        roll = near_zero & (to_top >= 0) & (to_top <= slack + p.near_zero_share * mod)
+    wrap = mod - rp + rj
+    reset = ~roll & near_zero
     lost = ~roll & ~reset
     delta[drop] = np.where(roll, wrap, np.where(reset, rj, np.nan))
     ev += [

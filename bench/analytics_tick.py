@@ -3,8 +3,8 @@
 What a tick is here: the scheduled intraday job (`analytics.jobs`: every 15 minutes per
 project, `TickContext.load_from` = the window's start minus `JobConfig.lookback`, 28 days by
 default) runs the pure pass over the new 15 minutes plus that lookback: consumption and every
-detector (`analytics.pipeline.run_pass`, plus the detectors not wired into it yet). The rollups
-belong to the daily job, so neither side of the ratio includes them. Timed: from the tick's
+detector (`analytics.pipeline.run_pass` with `PassParams(rollups=False)`: the rollups belong to
+the daily job), so neither side of the ratio includes the rollups. Timed: from the tick's
 readings in memory to its outputs (loading from the store is not timed).
 
 Data: the analytics_pass data set (mixed fleet scaled to 1,000 meters, random faults, each
@@ -36,10 +36,9 @@ from typing import Any
 
 import polars as pl
 
-from analytics.detectors.common import concat_findings
 from analytics.jobs import JobConfig
-from analytics.pipeline import run_pass
-from bench.analytics_pass import ROOT, Dataset, dataset, peak_mb, polars_stages, rss_mb
+from analytics.pipeline import PassParams, run_pass
+from bench.analytics_pass import ROOT, Dataset, dataset, peak_mb, rollup_meters, rss_mb
 from simulators.scenario import parse_duration
 
 BASE_METERS = 1000
@@ -62,19 +61,17 @@ def tiled(ds: Dataset, copies: int, since_us: int | None) -> tuple[pl.DataFrame,
 
 
 def the_pass(readings: pl.DataFrame, meters: pl.DataFrame, weather: pl.DataFrame) -> int:
-    """run_pass and the detectors not in it yet; the number of findings."""
-    result = run_pass(readings, meters, weather=weather)
-    extra = [
-        fn(readings, result.intervals, meters, weather) for n, fn in polars_stages() if "*" in n
-    ]
-    return concat_findings([result.findings, *extra]).height
+    """run_pass without the rollups (the daily job's); the number of findings."""
+    result = run_pass(readings, meters, weather=weather, params=PassParams(rollups=False))
+    return result.findings.height
 
 
 def worker(ds: Dataset, copies: int, lookback_us: int | None) -> dict[str, Any]:
     end_us = pl.scan_parquet(ds.readings).select(pl.col("ts").max().dt.epoch("us")).collect().item()
     end_us += 900_000_000  # the tick's window is the last interval: [end - 15 min, end)
     since = None if lookback_us is None else end_us - int(TICK.total_seconds() * 1e6) - lookback_us
-    readings, meters = tiled(ds, copies, since)
+    readings, raw_meters = tiled(ds, copies, since)
+    meters = rollup_meters(raw_meters)  # as in analytics_pass
     weather = pl.read_parquet(ds.weather)
     base = rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -104,6 +101,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default = f"{JobConfig().lookback.days}d"
     parser.add_argument("--meters", type=int, default=10_000)
+    parser.add_argument("--base-meters", type=int, default=BASE_METERS, help="the data set's")
+    parser.add_argument("--intervals", type=int, default=INTERVALS, help="the data set's")
     parser.add_argument("--lookbacks", default=f"{default},7d,1d")
     parser.add_argument("--repeat", type=int, default=1, help="best of N rounds")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -116,12 +115,13 @@ def main() -> None:
         print(json.dumps(worker(Dataset(args.data_dir), args.copies, lb)))
         return
 
-    ds = dataset(BASE_METERS, INTERVALS)
-    copies = max(1, args.meters // BASE_METERS)
+    ds = dataset(args.base_meters, args.intervals)
+    base_meters = args.base_meters
+    copies = max(1, args.meters // base_meters)
     lookbacks = args.lookbacks.split(",")
     print(
-        f"data: {ds.folder}: {BASE_METERS:,} meters x {INTERVALS:,} intervals (primary counter),"
-        f" tiled {copies}x = {BASE_METERS * copies:,} meters; jobs' lookback {default};"
+        f"data: {ds.folder}: {base_meters:,} meters x {args.intervals:,} intervals (primary"
+        f" counter), tiled {copies}x = {base_meters * copies:,} meters; jobs' lookback {default};"
         f" {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -139,7 +139,9 @@ def main() -> None:
         return r
 
     full = best(1, None)
-    print(f"full pass over {copies * BASE_METERS:,} meters: 10 x the above (see the docstring)")
+    print(
+        f"full pass over {copies * base_meters:,} meters: {copies} x the above (see the docstring)"
+    )
     for lb in lookbacks:
         small = best(1, lb)
         big = best(copies, lb) if copies > 1 else small
@@ -148,8 +150,8 @@ def main() -> None:
         cpu_big = big["cpu_s"] / (copies * full["cpu_s"])
         goal = "met" if frac_big <= 0.05 else "NOT met"
         print(
-            f"  lookback {lb}: tick / full pass = {frac_small:.3f} (1,000 meters, measured);"
-            f" {frac_big:.3f} wall, {cpu_big:.3f} cpu ({copies * BASE_METERS:,} meters);"
+            f"  lookback {lb}: tick / full pass = {frac_small:.3f} ({base_meters:,} meters,"
+            f" measured); {frac_big:.3f} wall, {cpu_big:.3f} cpu ({copies * base_meters:,} meters);"
             f" goal <= 0.05: {goal}",
             flush=True,
         )
