@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
+import threading
 from typing import Annotated
 
+import structlog
 import typer
 
 from meterward.settings import Settings
+
+log = structlog.get_logger("meterward.analytics")
 
 analytics_app = typer.Typer(
     help="Scheduled analytics: consumption, detectors and episodes every tick, rollups daily.",
@@ -27,6 +32,45 @@ def _database_url(settings: Settings) -> str:
 
         raise CliError("MW_DATABASE_URL is not set; `meterward analytics` needs a real database")
     return settings.database_url
+
+
+@analytics_app.command("run")
+def run(ctx: typer.Context) -> None:
+    """Run each project's analytics jobs on schedule until SIGTERM/Ctrl-C.
+
+    Every tick (15 minutes, UTC-aligned) each project's new readings become consumption,
+    findings and episodes; after each local day, its rollups and equipment trends. On start,
+    and after any downtime, every project catches up from where it stopped, in bounded steps.
+    Run several workers against one database to share the projects: an advisory lock per
+    project and job makes sure no window is processed twice. SIGTERM finishes the step in
+    hand (it commits) and exits.
+    """
+    from prometheus_client import start_http_server  # noqa: PLC0415
+
+    from analytics.jobs import AnalyticsWorker, config_from_settings, pipeline_work  # noqa: PLC0415
+    from store.pool import open_pool  # noqa: PLC0415
+
+    settings = _settings(ctx)
+    cfg = settings.analytics
+    url = _database_url(settings)
+    pool = open_pool(url, min_size=1, max_size=cfg.threads + 1, name=cfg.worker_id)
+    config = config_from_settings(cfg)
+    worker = AnalyticsWorker(pool, pipeline_work(), config=config, worker_id=cfg.worker_id)
+    if cfg.metrics_port is not None:
+        start_http_server(cfg.metrics_port, addr="127.0.0.1", registry=worker.metrics.registry)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # Runs in the main thread, which only waits on `stop`: logging here cannot deadlock.
+        log.info("analytics worker stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        worker.run(stop)
+    finally:
+        pool.close()
 
 
 @analytics_app.command("status")

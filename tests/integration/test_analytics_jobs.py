@@ -9,6 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -542,3 +547,77 @@ def test_a_re_run_tick_changes_nothing(estate: Estate) -> None:
     assert scalar(estate.url, snapshot) == before
     assert scalar(estate.url, "SELECT count(*) FROM findings") == findings
     assert scalar(estate.url, "SELECT count(*) FROM alarm_events") == events
+
+
+# -- the command ------------------------------------------------------------------------------
+
+ENTRY = [sys.executable, "-c", "from meterward.cli import main; main()"]
+
+
+def test_run_help() -> None:
+    out = subprocess.run(
+        [*ENTRY, "analytics", "run", "--help"], capture_output=True, text=True, check=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MW_")}, timeout=60,
+    )  # fmt: skip
+    assert "SIGTERM" in out.stdout
+    assert "advisory" in out.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_in_hand_and_exits(make_database: DatabaseFactory) -> None:
+    """`meterward analytics run` catching up over a day of a simulated project, in small
+    steps; SIGTERM after its first step: the steps in hand commit, no other starts, exit 0."""
+    import meterward.demo_analytics as da  # noqa: PLC0415
+    from meterward.demo_gateways import register_fleet  # noqa: PLC0415
+    from simulators.fleet import Fleet  # noqa: PLC0415
+    from simulators.scenario import load_scenario, plan  # noqa: PLC0415
+    from simulators.serve import scenario_file  # noqa: PLC0415
+
+    url = make_database()
+    migrate(url, "auto")
+    now = dt.datetime.now(UTC)
+    start = floor_tick(now - dt.timedelta(days=1), Q)
+    p = plan(load_scenario(scenario_file("residential-small")), start=start.isoformat())
+    register_fleet(url, Fleet(p))
+    assert da.write_history(url, p, until=now) > 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MW_")}
+    env |= {
+        "MW_DATABASE_URL": url,
+        "MW_LOG_FORMAT": "json",
+        "MW_ANALYTICS__MAX_TICKS_PER_STEP": "4",
+        "MW_ANALYTICS__INITIAL_BACKFILL_HOURS": "24",
+        "MW_ANALYTICS__LOOKBACK_DAYS": "2",
+    }
+    proc = subprocess.Popen(
+        [*ENTRY, "analytics", "run"], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 120
+    try:
+        for line in proc.stderr:
+            if line.startswith("{"):
+                events.append(json.loads(line))
+            if events and events[-1]["event"] == "analytics step done":
+                break
+            assert time.monotonic() < deadline, "no step done in 120 s"
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, rest[-2000:]
+    events += [json.loads(x) for x in rest.splitlines() if x.startswith("{")]
+    names = [e["event"] for e in events]
+    stopping = names.index("analytics worker stopping")
+    assert names[-1] == "analytics worker stopped"
+    # After the signal, only the steps already in hand finish (one per job thread at most).
+    after = [e for e in events[stopping:] if e["event"] == "analytics step done"]
+    assert len(after) <= 2
+    done_logged = [e for e in events if e["event"] == "analytics step done"]
+    runs = done_runs(url)
+    assert len(runs) == len(done_logged)
+    # It stopped with work left: the intraday cursor is short of the horizon.
+    horizon = floor_tick(dt.datetime.now(UTC) - dt.timedelta(seconds=120), Q)
+    assert max(c for (k, _), c in cursors(url).items() if k == "intraday") < horizon
