@@ -34,8 +34,9 @@ vectorised over every (meter, counter channel) stream at once:
   interval such as 15 min when within 2%), its grid anchored at its first row; reads are
   snapped to the nearest grid slot (so a drifting meter clock shifts reads, never splits an
   interval). When kept reads are more than one slot apart, their delta is spread over the slots
-  in between by the stream's median consumption per UTC hour of week (evenly where that is all
-  zero or unknown) and flagged `estimated`; the delta is never lost and never zero-filled.
+  in between by the stream's typical use there - its mean measured interval at that UTC hour
+  of week, or hour of day while the history is short - (evenly where that is all zero or
+  unknown) and flagged `estimated`; the delta is never lost and never zero-filled.
 - The meter's `multiplier` (CT x PT x pulse factor, default 1) scales every value.
 
 Intervals of a stream run contiguously from its first to its last kept read; consumption is
@@ -98,6 +99,8 @@ class ConsumptionParams:
         reset only.
     min_inferred_modulus: the smallest power of ten taken as an undeclared register modulus.
     chunk_rows: streams are processed whole, about this many counter rows at a time (memory).
+    profile_samples: measured intervals an hour of week (else hour of day) needs before its
+        mean is the stream's typical use there.
     """
 
     max_bad_run: int = 3
@@ -107,6 +110,7 @@ class ConsumptionParams:
     min_inferred_modulus: float = 100.0
     near_zero_share: float = 0.001
     chunk_rows: int = 1 << 18
+    profile_samples: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,6 +582,7 @@ def _spread(pr: _Pairs, sl: I64, *, anchor: I64, cadence: I64, params: Consumpti
             cadence=cadence,
             want_stream=stream[where],
             want_slot=slot[where],
+            min_samples=params.profile_samples,
         )
         local = np.repeat(np.arange(nd.size), counts[nd])
         wsum = np.bincount(local, weights=weight, minlength=nd.size)
@@ -788,37 +793,48 @@ def _profile_weights(
     cadence: I64,
     want_stream: I64,
     want_slot: I64,
+    min_samples: int,
 ) -> F64:
-    """A stream's typical consumption in each wanted slot: the median of its measured
-    intervals at that UTC hour of week, else its mean measured interval, else 0."""
+    """A stream's typical consumption in each wanted slot: the mean of its measured intervals
+    at that UTC hour of week when it has `min_samples` of them, else at that hour of day, else
+    over all its measured intervals, else 0.
+
+    Means, not medians: a reset is topped up by the expected use it lost, and the median of
+    bursty use (water, most 15-minute intervals of a flat) is zero."""
     needed = np.zeros(int(max(s.max(initial=0), want_stream.max(initial=0))) + 1, np.bool_)
     needed[want_stream] = True
     m = np.flatnonzero(measured & needed[s])
+    how = hour_of_week(anchor[s[m]] + start_slot[m] * cadence[s[m]])
     seen = pl.DataFrame(
-        {
-            "stream": s[m],
-            "how": hour_of_week(anchor[s[m]] + start_slot[m] * cadence[s[m]]),
-            "d": delta[m],
-        },
-        schema={"stream": pl.Int64, "how": pl.Int64, "d": pl.Float64},
+        {"stream": s[m], "how": how, "hod": how % 24, "d": delta[m]},
+        schema={"stream": pl.Int64, "how": pl.Int64, "hod": pl.Int64, "d": pl.Float64},
     )
-    profile = seen.group_by("stream", "how").agg(pl.col("d").median().alias("median"))
-    mean = seen.group_by("stream").agg(pl.col("d").mean().alias("mean"))
+    typical = [
+        seen.group_by("stream", *keys).agg(
+            pl.col("d").mean().alias(f"mean_{i}"), pl.len().alias(f"n_{i}")
+        )
+        for i, keys in enumerate((["how"], ["hod"], []))
+    ]
+    want_how = hour_of_week(anchor[want_stream] + want_slot * cadence[want_stream])
     want = pl.DataFrame(
-        {
-            "stream": want_stream,
-            "how": hour_of_week(anchor[want_stream] + want_slot * cadence[want_stream]),
-        },
-        schema={"stream": pl.Int64, "how": pl.Int64},
+        {"stream": want_stream, "how": want_how, "hod": want_how % 24},
+        schema={"stream": pl.Int64, "how": pl.Int64, "hod": pl.Int64},
     )
-    w = (
-        want.join(profile, on=["stream", "how"], how="left", maintain_order="left")
-        .join(mean, on="stream", how="left", maintain_order="left")
-        .select(pl.coalesce("median", "mean", pl.lit(0.0)).clip(lower_bound=0.0))
-        .to_series()
-        .to_numpy()
-    )
-    return np.asarray(w, dtype=np.float64)
+    joined = want
+    for frame, keys in zip(
+        typical, (["stream", "how"], ["stream", "hod"], ["stream"]), strict=True
+    ):
+        joined = joined.join(frame, on=keys, how="left", maintain_order="left")
+    enough = [pl.col(f"n_{i}") >= min_samples for i in range(2)]
+    w = joined.select(
+        pl.when(enough[0])
+        .then("mean_0")
+        .when(enough[1])
+        .then("mean_1")
+        .otherwise(pl.col("mean_2").fill_null(0.0))
+        .clip(lower_bound=0.0)
+    ).to_series()
+    return np.asarray(w.to_numpy(), dtype=np.float64)
 
 
 def _fmt(x: F64) -> pl.Expr:

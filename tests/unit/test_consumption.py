@@ -116,6 +116,22 @@ def test_a_small_register_never_wraps_at_an_inferred_modulus() -> None:
     assert values(out) == [5.0, 2.0, 1.0]
 
 
+def test_a_wrap_right_after_an_idle_spell_is_still_a_rollover() -> None:
+    # Idle for hours, then 5 kWh in the interval that wraps: more than the stream's mean rate
+    # makes plausible, but the register was right below its modulus and lands near zero.
+    out = consumption(
+        reads([9_999.0] * 8 + [4.0, 4.5, 5.0, 5.5]), meters(counters=counters(10_000.0))
+    )
+    assert events(out) == ["rollover"]
+    assert values(out) == [0.0] * 7 + [5.0, 0.5, 0.5, 0.5]
+
+
+def test_a_jump_right_before_a_rollover_is_a_bad_read() -> None:
+    out = consumption(reads([99_990.0, 99_995.0, 600_000.0, 99_998.0, 1.0, 4.0]))
+    assert sorted(events(out)) == ["bad_read", "gap", "rollover"]
+    assert sum(values(out)) == pytest.approx(14.0)  # type: ignore[arg-type]
+
+
 def test_a_drop_far_from_the_ledger_modulus_is_not_a_rollover() -> None:
     out = consumption(
         reads([5_000.0, 5_001.0, 0.5, 1.5]),
@@ -268,22 +284,39 @@ def test_gap_is_spread_evenly_without_a_profile() -> None:
 
 
 def test_gap_is_spread_by_the_meters_hour_of_week_profile() -> None:
-    # Hourly reads over two weeks: 3 kWh an hour from 08:00 to 12:00 UTC, 1 kWh otherwise.
-    hours = 14 * 24
-    use = [3.0 if 8 <= h % 24 < 12 else 1.0 for h in range(hours)]
+    # 15-minute reads over two weeks: 3 kWh an interval on Wednesdays 08:00-12:00 UTC, 1 kWh
+    # otherwise. A gap on Wednesday of week two is spread by week one's Wednesday, not by an
+    # average day.
+    n = 14 * 96
+    wednesday = 2 * 96
+    use = [3.0 if (k % (7 * 96)) // 96 == 2 and 32 <= k % 96 < 48 else 1.0 for k in range(n)]
     register = [1_000.0]
     for u in use:
         register.append(register[-1] + u)
-    slots = list(range(hours + 1))
-    hole = range(24 * 9 + 6, 24 * 9 + 14)  # Wednesday of week two, 06:00 to 14:00
-    kept = [k for k in slots if k not in hole]
-    out = consumption(reads([register[k] for k in kept], slots=kept, step=dt.timedelta(hours=1)))
+    hole = range(7 * 96 + wednesday + 24, 7 * 96 + wednesday + 56)  # 06:00 to 14:00
+    kept = [k for k in range(n + 1) if k not in hole]
+    out = consumption(reads([register[k] for k in kept], slots=kept))
     got = out.intervals.filter(pl.col("quality") == "estimated")
+    spread = use[hole.start - 1 : hole.stop]
     assert got.height == len(hole) + 1
-    assert got["consumption"].sum() == pytest.approx(sum(use[24 * 9 + 5 : 24 * 9 + 14]))
-    # Spread by last week's shape: exactly the true hourly use.
-    assert got["consumption"].to_list() == pytest.approx(use[24 * 9 + 5 : 24 * 9 + 14])
+    assert got["consumption"].to_list() == pytest.approx(spread)
     assert out.intervals["consumption"].sum() == pytest.approx(sum(use))
+
+
+def test_gap_is_spread_by_the_hour_of_day_while_the_history_is_short() -> None:
+    # Hourly reads over three days: one sample per hour of week, too few; hours of day have 2.
+    use = [3.0 if 8 <= h % 24 < 12 else 1.0 for h in range(72)]
+    register = [1_000.0]
+    for u in use:
+        register.append(register[-1] + u)
+    hole = range(48 + 6, 48 + 14)
+    kept = [k for k in range(73) if k not in hole]
+    out = consumption(
+        reads([register[k] for k in kept], slots=kept, step=dt.timedelta(hours=1)),
+        params=ConsumptionParams(profile_samples=2),
+    )
+    got = out.intervals.filter(pl.col("quality") == "estimated")
+    assert got["consumption"].to_list() == pytest.approx(use[hole.start - 1 : hole.stop])
 
 
 def test_unexplained_drop_gives_no_consumption_and_an_event() -> None:
