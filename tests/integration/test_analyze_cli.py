@@ -157,6 +157,7 @@ def test_evaluate_names_a_bad_tolerance(history: Path) -> None:
 # -- file mode and evaluation (need the pipeline) ----------------------------------------------
 
 
+@pytest.mark.slow
 def test_consumption_in_every_format_and_from_csv(
     pipeline: object, history: Path, tmp_path: Path
 ) -> None:
@@ -186,6 +187,7 @@ def test_consumption_in_every_format_and_from_csv(
     assert pl.read_parquet(again).equals(parquet)
 
 
+@pytest.mark.slow
 def test_detect_writes_findings(pipeline: object, history: Path, tmp_path: Path) -> None:
     out = tmp_path / "findings.parquet"
     result = analyze("detect", "-i", history, "-o", out)
@@ -195,6 +197,7 @@ def test_detect_writes_findings(pipeline: object, history: Path, tmp_path: Path)
     assert "leak" in set(findings.get_column("kind").cast(pl.String))
 
 
+@pytest.mark.slow
 def test_evaluate_a_ledger_prints_the_table(
     pipeline: object, history: Path, tmp_path: Path
 ) -> None:
@@ -212,6 +215,7 @@ def test_evaluate_a_ledger_prints_the_table(
         assert (tmp_path / f"accuracy.{part}.csv").is_file(), part
 
 
+@pytest.mark.slow
 def test_evaluate_an_export_against_its_ledger(
     pipeline: object, history: Path, tmp_path: Path
 ) -> None:
@@ -230,6 +234,7 @@ def test_evaluate_an_export_against_its_ledger(
     assert checked.returncode == (1 if "MISSED" in direct.stdout else 0)
 
 
+@pytest.mark.slow
 def test_evaluate_random_scenarios(pipeline: object, tmp_path: Path) -> None:
     result = analyze(
         "evaluate", "--scenarios", "2", "--seed", "5", "--days", "8", "--workdir", tmp_path
