@@ -25,7 +25,9 @@ vectorised over every (meter, counter channel) stream at once:
 - **Replacements** (meters.replacements: at, closing, opening): reads at or after `at` are put
   on the old register's scale by adding `closing - opening`, so the step across the seam is
   `(closing - last old read) + (first new read - opening)`. A missing closing reading counts
-  the old register as closed at its last read.
+  the old register as closed at its last read. A reset whose closing reading is known (a
+  technician's note) is a seam too: give it as a replacement with opening 0 and the same
+  serial, and it is exact instead of estimated.
 - **Resets lose what the old register counted between the last read and the reset.** By
   default (`reset_fill="profile"`) the interval gets the larger of the count since the reset
   and the meter's typical consumption for that interval (flagged `estimated` when the profile
@@ -330,7 +332,7 @@ def _seam_offsets(stream: I64, ts: I64, raw: F64, seams: pl.DataFrame) -> tuple[
     offset = np.zeros(stream.size)
     if seams.height == 0:
         return offset, seams.with_columns(pl.lit(None, pl.Float64).alias("last_read"))
-    affected = np.zeros(int(stream.max()) + 1, dtype=np.bool_)
+    affected = np.zeros(int(stream.max(initial=0)) + 1, dtype=np.bool_)
     ss = seams["stream"].to_numpy()
     affected[ss[ss < affected.size]] = True
     idx = np.flatnonzero(affected[stream])

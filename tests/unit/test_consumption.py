@@ -196,6 +196,25 @@ def test_replacement_of_another_channel_does_not_touch_this_one() -> None:
     assert out.events.height == 0
 
 
+def test_a_reset_recorded_in_the_ledger_is_an_exact_seam() -> None:
+    at = T0 + 2 * Q + dt.timedelta(minutes=5)
+    note = [{"at": at, "old_serial": 7, "new_serial": 7, "channel": KWH, "closing": 5_002.5,
+             "opening": 0.0}]  # fmt: skip
+    out = consumption(reads([5_000.0, 5_001.0, 5_002.0, 0.5, 1.5]), meters(replacements=[note]))
+    assert values(out) == [1.0, 1.0, 1.0, 1.0]
+    assert qualities(out) == ["measured"] * 4
+
+
+def test_a_replacement_on_a_stream_without_values_is_harmless() -> None:
+    swap = [{"at": T0 + Q, "old_serial": 1, "new_serial": 2, "channel": KWH, "closing": 5.0,
+             "opening": 0.0}]  # fmt: skip
+    out = consumption(
+        reads([None, None], quality=["comm_error", "comm_error"]), meters(replacements=[swap])
+    )
+    assert out.intervals.height == 0
+    assert events(out) == ["replacement"]  # the ledger's seam lies within the stream's rows
+
+
 def test_zero_read_is_a_bad_read_bridged_by_the_delta() -> None:
     out = consumption(reads([100.0, 101.0, 0.0, 103.0, 104.0]))
     assert values(out) == [1.0, 1.0, 1.0, 1.0]  # 101 -> 103 spread over two slots
