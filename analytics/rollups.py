@@ -875,47 +875,69 @@ def recompute(
 
 
 def _merge(prev: pl.DataFrame, dirty: pl.DataFrame, fresh: pl.DataFrame) -> pl.DataFrame:
-    """`prev` without the dirty rows, with `fresh` rows in place: a merge of two sorted frames
-    per (level, period) slice on one integer key (group rank, bucket), no multi-key sort."""
+    """`prev` without the dirty rows, with `fresh` rows in place, in `ROLLUP_KEY` order.
+
+    Per (level, period) slice: the slice's groups (key, project, channel) are its runs; a row's
+    position key is (run, slot), sorted already, so the dropped rows are found and the new rows
+    placed by binary search, and the slice is copied once by one gather. No multi-key sort."""
     group = ["key", "project", "channel"]
     old = _blocks_of(prev)
     new = _blocks_of(fresh.sort(list(ROLLUP_KEY), maintain_order=True))
     parts = []
-    for lp, slice_ in old.items():
+    for lp, part in old.items():
         add = new[lp]
         gone = dirty.filter(pl.col("level") == lp[0], pl.col("period") == lp[1])
         if gone.height == 0 and add.height == 0:
-            parts.append(slice_)
+            parts.append(part)
             continue
-        kept = slice_
-        run = kept.select(pl.struct(group).rle_id()).to_series()
-        firsts = (
-            kept.filter(run.is_first_distinct()).select(group)
-            if kept.height
-            else kept.select(group)
-        )
-        ranks = (
-            pl.concat([firsts, add.select(group), gone.select(group)])
-            .unique()
-            .sort(group)
-            .with_columns(rank=pl.int_range(pl.len(), dtype=pl.Int64))
-        )
-        run_rank = firsts.join(ranks, on=group, how="left", maintain_order="left")["rank"]
-        slot = (pl.col("bucket_start").cast(pl.Int64) // SLOT_US).cast(pl.Int64)
-        kept = (
-            kept.with_columns(_k=(run_rank.gather(run) * 2**32) + slot)
-            if kept.height
-            else kept.with_columns(_k=pl.lit(0, pl.Int64))
-        )
-        drop = gone.join(ranks, on=group).select((pl.col("rank") * 2**32) + slot)
-        kept = kept.filter(~pl.col("_k").is_in(drop.to_series().implode()))
-        add = (
-            add.join(ranks, on=group, how="left", maintain_order="left")
-            .select(*ROLLUP_SCHEMA.names(), _k=(pl.col("rank") * 2**32) + slot)
-            .sort("_k")
-        )
-        parts.append(kept.merge_sorted(add, key="_k").drop("_k"))
+        n = part.height
+        if n:
+            run = part.select(pl.struct(group).rle_id().cast(pl.Int64)).to_series().to_numpy()
+        else:
+            run = np.zeros(0, np.int64)
+        first = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1]))) if n else run
+        here = _slot_of(part)
+        k = (run << 32) | here
+        runs = part[first].select(group).with_columns(r=pl.int_range(pl.len(), dtype=pl.Int64))
+
+        def position_keys(rows: pl.DataFrame, runs: pl.DataFrame = runs) -> I64:
+            # existing group: (run, slot); new group: just before the next run in string order
+            known = rows.select(group).join(runs, on=group, how="left", maintain_order="left")
+            missing = known["r"].is_null().to_numpy()
+            r = known["r"].fill_null(0).to_numpy()
+            out = (r << 32) | _slot_of(rows)
+            if missing.any():
+                both = pl.concat(
+                    [
+                        runs.select(*group, new=pl.lit(False)),
+                        rows.filter(pl.Series(missing)).select(*group, new=pl.lit(True)),
+                    ]
+                ).sort(*group, "new")
+                # runs before each new group = its position among the existing runs
+                before = (~both["new"]).cum_sum().filter(both["new"]).to_numpy().astype(np.int64)
+                out[missing] = before << 32
+            return out
+
+        keep = np.ones(n, np.bool_)
+        if gone.height:  # k is sorted and unique: binary search instead of a hash pass
+            drop = position_keys(gone)
+            at = np.searchsorted(k, drop)
+            hit = at < n
+            hit[hit] = k[at[hit]] == drop[hit]
+            keep[at[hit]] = False
+        kept_idx = np.flatnonzero(keep)
+        if add.height:
+            pos = np.searchsorted(k[kept_idx], position_keys(add), side="left")
+            idx = np.insert(kept_idx, pos, n + np.arange(add.height))
+        else:
+            idx = kept_idx
+        parts.append(pl.concat([part, add], rechunk=False)[idx])
     return pl.concat(parts, rechunk=False) if parts else pl.DataFrame(schema=ROLLUP_SCHEMA)
+
+
+def _slot_of(frame: pl.DataFrame) -> I64:
+    out: I64 = frame["bucket_start"].cast(pl.Int64).to_numpy() // SLOT_US
+    return out
 
 
 _STATE: Final = (
