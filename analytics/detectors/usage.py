@@ -16,15 +16,21 @@ them) and compared with what that meter uses in the same local hour:
    fitted again without the hours it cannot explain (so anomalies do not teach it), and
    never negative. A heat wave raises
    an air conditioner's expected use instead of raising an alarm;
-3. **rule**: an hour is a spike when it exceeds the expected use by `z_spike` robust sigmas
-   (MAD x 1.4826, floored at `rel_floor` of the median and `abs_floor_share` of the meter's
-   mean hour) *and* is at least `spike_ratio` times the expected use; a drop when it is
-   `z_drop` sigmas below and at most `drop_ratio` of it. At least `min_hours` consecutive such
-   hours make a finding (a kettle or a shower is not a spike), and a spike must add up to
-   `excess_mean_hours` of the meter's mean hourly use over them: a household's busy evening
-   adds up to about four mean hours, a heater and a dryer left on add eight and more. Water is
-   held to forty (two hours at twenty times the usual rate): its use is bursty by nature, and
-   a flow that does not stop is the leak detector's.
+3. **rule**: an hour is part of a spike when it is at least `spike_ratio` times the expected
+   use and `z_hour` robust sigmas above it (MAD x 1.4826, floored at `rel_floor` of the median
+   and `abs_floor_share` of the meter's mean hour); the run of such hours is a spike when its
+   excess is `z_spike` times the hours' combined sigma (evidence adds up over hours). An hour
+   is a drop when it is `z_drop` sigmas below and at most `drop_ratio` of the expected use.
+   At least `min_hours` consecutive such hours make a finding (a kettle or a shower is not a
+   spike), and a spike must add up to `excess_mean_hours` of the meter's mean hourly use over
+   them: a household's busy evening adds up to about four mean hours, a heater and a dryer
+   left on add eight and more. Water is held to forty (two hours at twenty times the usual
+   rate): its use is bursty by nature. A rise lasting more than `max_hours` is a change of
+   level (a leak - the leak detector's -, a new tenant), not a spike;
+4. **common mode**: an hour in which at least `common_share` of the meter's peers (same
+   project and load) also rose `spike_ratio` above their baselines is not a spike of this
+   meter - a hot afternoon starting every chiller in the building, a holiday. The evidence
+   gives the share.
 
 Rules `spike.same_hour_of_week` / `spike.same_hour_of_day` and `drop.*` name the baseline used.
 """
@@ -61,11 +67,13 @@ class UsageParams:
     channels: tuple[str, ...] = field(default=("energy_import_kwh", "water_volume_m3"))
     min_weeks: int = 3
     min_days: int = 4
-    z_spike: float = 6.0
+    z_hour: float = 2.0  # each hour of a spike
+    z_spike: float = 5.0  # the spike as a whole: its excess against its hours' combined sigma
     spike_ratio: float = 2.0
     z_drop: float = 6.0
     drop_ratio: float = 0.25
     min_hours: int = 2
+    max_hours: int = 12
     rel_floor: float = 0.1
     abs_floor_share: float = 0.1
     min_share_of_mean: float = 0.5  # a drop must lose at least this share of a mean hour
@@ -80,6 +88,11 @@ class UsageParams:
     heating_base_c: float = 15.0
     residual_clip: float = 3.0  # sigmas: what the weather slope may learn from one hour
     critical_excess_factor: float = 3.0  # critical: this many times the excess required
+    # Common mode: when at least this share of a meter's peers (same project and load, at
+    # least `min_peers` of them) rise above `spike_ratio` in the same hour, the weather or the
+    # calendar did it, not the meter.
+    common_share: float = 0.5
+    min_peers: int = 3
 
 
 def detect_usage(
@@ -296,11 +309,20 @@ def _slopes(
 
 def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
     z = (pl.col("use") - pl.col("expected")) / pl.col("scale")
-    spike = (
-        (z >= params.z_spike)
-        & (pl.col("use") >= params.spike_ratio * pl.col("expected"))
-        & (pl.col("scale") > 0)
+    elevated = (pl.col("use") >= params.spike_ratio * pl.col("expected")).fill_null(False)
+    peers = (
+        hourly.filter(pl.col("median").is_not_null())
+        .with_columns(elevated.alias("_up"))
+        .group_by(
+            pl.col("project").fill_null("").alias("_p"),
+            pl.col("load").fill_null("").alias("_l"),
+            "channel",
+            "hour",
+        )
+        .agg(pl.len().alias("peers"), pl.col("_up").mean().alias("peers_up"))
     )
+    common = (pl.col("peers") >= params.min_peers) & (pl.col("peers_up") >= params.common_share)
+    spike = (z >= params.z_hour) & elevated & (pl.col("scale") > 0) & ~common.fill_null(False)
     drop = (
         (z <= -params.z_drop)
         & (pl.col("use") <= params.drop_ratio * pl.col("expected"))
@@ -310,9 +332,14 @@ def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
     return (
         hourly.filter(pl.col("median").is_not_null())
         .with_columns(
+            pl.col("project").fill_null("").alias("_p"), pl.col("load").fill_null("").alias("_l")
+        )
+        .join(peers, on=["_p", "_l", "channel", "hour"], how="left")
+        .with_columns(
             z.alias("z"), spike.fill_null(False).alias("spike"), drop.fill_null(False).alias("drop")
         )
-        .sort("meter_id", "channel", "hour")  # hours of flagged-or-not meters: a small frame
+        .drop("_p", "_l")
+        .sort("meter_id", "channel", "hour")  # hourly rows: a frame 4 x smaller than intervals
     )
 
 
@@ -338,8 +365,11 @@ def _findings(scored: pl.DataFrame, kind: str, params: UsageParams) -> pl.DataFr
             pl.col("scale"),
             pl.col("z"),
             pl.col("n").min().alias("n"),
+            pl.col("peers").max().alias("peers"),
+            pl.col("peers_up").max().alias("peers_up"),
             pl.col("mean_hour").first(),
             (pl.col("use") - pl.col("expected")).sum().alias("excess"),
+            (pl.col("scale") ** 2).sum().sqrt().alias("sigma"),
             pl.col("baseline").first(),
             pl.col("temperature_c"),
             pl.col("weather_shift"),
@@ -354,7 +384,11 @@ def _findings(scored: pl.DataFrame, kind: str, params: UsageParams) -> pl.DataFr
         return_dtype=pl.Float64,
     ) * pl.col("mean_hour")
     if kind == "spike":
-        episodes = episodes.filter(pl.col("excess") >= need)
+        episodes = episodes.filter(
+            (pl.col("excess") >= need)
+            & (pl.col("excess") >= params.z_spike * pl.col("sigma"))
+            & (pl.col("use").list.len() <= params.max_hours)
+        )
     if episodes.height == 0:
         return empty(FINDINGS_SCHEMA)
     # how far beyond what the rule needs: the spike's excess, or a drop's lost share
@@ -391,8 +425,11 @@ def _findings(scored: pl.DataFrame, kind: str, params: UsageParams) -> pl.DataFr
                 "z": row["z"],
                 "baseline_samples": row["n"],
                 "excess": row["excess"],
+                "excess_z": row["excess"] / row["sigma"] if row["sigma"] else None,
                 "excess_needed": row["excess_needed"],
                 "mean_hour": row["mean_hour"],
+                "peers": row["peers"],
+                "peers_elevated_share": row["peers_up"],
                 "detected_at": iso(row["detected_at"] + _HOUR),
                 "params": settings,
             }

@@ -106,9 +106,9 @@ def test_a_meter_that_stops_using_is_a_drop() -> None:
 
 
 def weather_case() -> tuple[pl.DataFrame, pl.DataFrame, int]:
-    """An air-conditioned flat: use follows cooling degree-hours; a heat wave on day 18."""
+    """An air-conditioned flat: use follows cooling degree-hours; a hot afternoon on day 18."""
     ts = hours(24 * 28)
-    hot = range(24 * 18, 24 * 19)
+    hot = range(24 * 18 + 8, 24 * 18 + 16)
     temp = [
         36.0
         if h in hot
@@ -117,7 +117,7 @@ def weather_case() -> tuple[pl.DataFrame, pl.DataFrame, int]:
     ]
     use = [0.5 * (1 + wiggle(h)) + 0.3 * max(temp[h] - 22.0, 0.0) for h in range(len(ts))]
     weather = pl.DataFrame({"project": "p1", "ts": ts, "temperature_c": temp})
-    return consumption(use, ts), weather, 24 * 18
+    return consumption(use, ts), weather, hot.start
 
 
 def test_a_heat_wave_is_not_a_spike_when_the_weather_is_known() -> None:
@@ -131,7 +131,7 @@ def test_a_heat_wave_is_not_a_spike_when_the_weather_is_known() -> None:
 def test_a_spike_in_hot_weather_carries_the_weather_adjustment() -> None:
     cons, weather, hot = weather_case()
     cons = cons.with_columns(
-        pl.when(pl.col("start").is_in([T0 + dt.timedelta(hours=hot + 10 + k) for k in range(3)]))
+        pl.when(pl.col("start").is_in([T0 + dt.timedelta(hours=hot + 2 + k) for k in range(3)]))
         .then(pl.col("consumption") + 20.0)
         .otherwise(pl.col("consumption"))
         .alias("consumption")
@@ -170,3 +170,21 @@ def test_the_simulated_estate_s_spike_is_found_and_nothing_else() -> None:
     truth = estate.faults.filter(pl.col("kind") == "spike")
     assert spikes.height == 1
     assert overlaps(spikes, truth).height == 1
+
+
+def test_peers_rising_together_is_not_a_spike_of_one_of_them() -> None:
+    """A hot afternoon starts every chiller of the building: common mode, not a fault."""
+    ids = ["c1", "c2", "c3", "c4"]
+    at = {24 * 15 + 13: 6.0, 24 * 15 + 14: 6.0}
+    together = pl.concat([series(24 * 21, extra=at).with_columns(meter_id=pl.lit(i)) for i in ids])
+    m = meters(ids, load="hvac", zone="UTC")
+    assert detect_usage(None, together, m).height == 0
+    alone = pl.concat(
+        [
+            series(24 * 21, extra=at if i == "c1" else {}).with_columns(meter_id=pl.lit(i))
+            for i in ids
+        ]
+    )
+    out = detect_usage(None, alone, m)
+    assert out.get_column("subject").to_list() == ["c1"]
+    assert json.loads(out.item(0, "evidence"))["peers_elevated_share"] == 0.25
