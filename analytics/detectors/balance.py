@@ -88,20 +88,20 @@ def _intervals(
     if consumption is not None:
         return (
             consumption.lazy()
-            .filter(pl.col("channel").cast(pl.String) == p.channel)
+            .filter(pl.col("channel") == p.channel)
             .select(
                 pl.col("meter_id").cast(pl.String),
                 pl.col("start").cast(frames.TS),
                 pl.col("end").cast(frames.TS),
                 pl.col("consumption").cast(pl.Float64),
-                (pl.col("quality").cast(pl.String) == "measured").alias("measured"),
+                (pl.col("quality") == "measured").alias("measured"),
             )
             .filter(pl.col("meter_id").is_in(wanted))
         )
     assert readings is not None
     reg = (
         readings.lazy()
-        .filter(pl.col("channel").cast(pl.String) == p.channel)
+        .filter(pl.col("channel") == p.channel)
         .select(
             pl.col("meter_id").cast(pl.String),
             pl.col("ts").cast(frames.TS),

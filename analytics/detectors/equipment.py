@@ -196,7 +196,7 @@ def _stream(
 ) -> pl.DataFrame:
     """One channel of the units' readings, in (meter, time) order, with local day and weekend."""
     lf = (
-        readings.filter(pl.col("channel").cast(pl.String) == channel)
+        readings.filter(pl.col("channel") == channel)  # an enum compares without a string cast
         .filter(pl.col("value").is_not_null() & pl.col("value").is_not_nan())
         .select(
             pl.col("meter_id").cast(pl.String),
@@ -223,7 +223,7 @@ def _energy(
     if consumption is not None:
         c = (
             consumption.lazy()
-            .filter(pl.col("channel").cast(pl.String) == "energy_import_kwh")
+            .filter(pl.col("channel") == "energy_import_kwh")
             .select(
                 pl.col("meter_id").cast(pl.String),
                 pl.col("start").cast(frames.TS).alias("ts"),
