@@ -45,6 +45,7 @@ import polars as pl
 
 from analytics.detectors.common import (
     MAD_TO_SIGMA,
+    codes,
     concat_findings,
     hour_of_week,
     is_weekend,
@@ -134,7 +135,7 @@ def _hourly(consumption: pl.DataFrame, meters: pl.DataFrame, params: UsageParams
     info = meter_zones(meters)
     zones = zones_of(meters)
     df = (
-        consumption.filter(pl.col("channel").cast(pl.String).is_in(list(params.channels)))
+        consumption.filter(pl.col("channel").is_in(list(params.channels)))
         .filter(pl.col("consumption").is_not_null() & pl.col("consumption").is_not_nan())
         .group_by(
             pl.col("meter_id").cast(pl.String),
@@ -145,10 +146,27 @@ def _hourly(consumption: pl.DataFrame, meters: pl.DataFrame, params: UsageParams
         .join(info, on="meter_id", how="left")
     )
     local = local_time("hour", "time_zone", zones)
-    return df.with_columns(
+    df = df.with_columns(
         hour_of_week(local).alias("how"),
         local.dt.hour().cast(pl.Int16).alias("hod"),
         is_weekend(local).alias("weekend"),
+        codes("meter_id", pl.String()).alias("_m"),
+        codes("channel", pl.String()).alias("_c"),
+    )
+    # One Int64 per (meter, channel) and per baseline slot of it: group-bys and joins on one
+    # integer instead of strings.
+    width = int(df.get_column("_c").max() or 0) + 1  # type: ignore[arg-type]
+    k = pl.col("_m") * width + pl.col("_c")
+    return (
+        df.with_columns(k.alias("_k"))
+        .with_columns(
+            (pl.col("_k") * 168 + pl.col("how")).alias("_kw"),
+            (pl.col("_k") * 48 + pl.col("weekend").cast(pl.Int64) * 24 + pl.col("hod")).alias(
+                "_kk"
+            ),
+            (pl.col("_k") * 24 + pl.col("hod")).alias("_kd"),
+        )
+        .drop("_m", "_c")
     )
 
 
@@ -159,23 +177,24 @@ def _with_stats(df: pl.DataFrame, by: list[str], prefix: str) -> pl.DataFrame:
         pl.col("use").median().alias(f"{prefix}_median"),
         pl.col("use").count().alias(f"{prefix}_n"),
     )
-    df = df.join(med, on=by, how="left", nulls_equal=True)
+    df = df.join(med, on=by, how="left")
     mad = (
         df.select(*by, (pl.col("use") - pl.col(f"{prefix}_median")).abs().alias("_dev"))
         .group_by(by)
         .agg(pl.col("_dev").median().alias(f"{prefix}_mad"))
     )
-    return df.join(mad, on=by, how="left", nulls_equal=True)
+    return df.join(mad, on=by, how="left")
 
 
 def _baselines(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
     """The baseline of each hour: same hour of week, else same hour of day and kind of day,
     else same hour of day; `baseline` names it, `median`, `mad`, `n` give it."""
-    key = ["meter_id", "channel"]
-    df = _with_stats(hourly, [*key, "how"], "w")
-    df = _with_stats(df, [*key, "weekend", "hod"], "k")
-    df = _with_stats(df, [*key, "hod"], "d")
-    df = df.join(df.group_by(key).agg(pl.col("use").mean().alias("mean_hour")), on=key, how="left")
+    df = _with_stats(hourly, ["_kw"], "w")
+    df = _with_stats(df, ["_kk"], "k")
+    df = _with_stats(df, ["_kd"], "d")
+    df = df.join(
+        df.group_by("_k").agg(pl.col("use").mean().alias("mean_hour")), on="_k", how="left"
+    )
     week = pl.col("w_n") >= params.min_weeks
     kind = pl.col("k_n") >= params.min_days
     day = pl.col("d_n") >= params.min_days
@@ -241,17 +260,22 @@ def _weather_adjusted(
     df = hourly.join(temps, on=["project", "hour"], how="left")
     cdh = (pl.col("temperature_c") - params.cooling_base_c).clip(0.0, None)
     hdh = (params.heating_base_c - pl.col("temperature_c")).clip(0.0, None)
-    key = ["meter_id", "channel"]
+    key = ["_k"]
     # the baseline's own degree-hours: their median over the same hours the median came from
-    slot_by = pl.when(pl.col("_level") == "how").then(pl.col("how")).otherwise(pl.col("hod"))
-    kind_by = pl.when(pl.col("_level") == "kind").then(pl.col("weekend")).otherwise(pl.lit(None))
-    df = df.with_columns(
-        cdh.alias("cdh"), hdh.alias("hdh"), slot_by.alias("_slot"), kind_by.alias("_kind")
+    slot = (
+        pl.when(pl.col("_level") == "how")
+        .then(pl.col("_kw") * 4)
+        .when(pl.col("_level") == "kind")
+        .then(pl.col("_kk") * 4 + 1)
+        .otherwise(pl.col("_kd") * 4 + 2)
     )
-    group = [*key, "_level", "_slot", "_kind"]
-    df = df.with_columns(
-        (pl.col("cdh") - pl.col("cdh").median().over(group)).alias("dc"),
-        (pl.col("hdh") - pl.col("hdh").median().over(group)).alias("dh"),
+    df = df.with_columns(cdh.alias("cdh"), hdh.alias("hdh"), slot.alias("_slot"))
+    own = df.group_by("_slot").agg(
+        pl.col("cdh").median().alias("cdh_b"), pl.col("hdh").median().alias("hdh_b")
+    )
+    df = df.join(own, on="_slot", how="left").with_columns(
+        (pl.col("cdh") - pl.col("cdh_b")).alias("dc"),
+        (pl.col("hdh") - pl.col("hdh_b")).alias("dh"),
     )
     dc, dh = pl.col("dc").fill_null(0.0), pl.col("dh").fill_null(0.0)
     resid = pl.col("use") - pl.col("median")
@@ -269,7 +293,7 @@ def _weather_adjusted(
     return df.with_columns(
         shift.alias("weather_shift"),
         (pl.col("median") + shift).clip(0.0, None).alias("expected"),
-    ).drop("cdh", "hdh", "dc", "dh", "_slot", "_kind")
+    ).drop("cdh", "hdh", "cdh_b", "hdh_b", "dc", "dh", "_slot")
 
 
 def _slopes(
@@ -339,13 +363,13 @@ def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
             z.alias("z"), spike.fill_null(False).alias("spike"), drop.fill_null(False).alias("drop")
         )
         .drop("_p", "_l")
-        .sort("meter_id", "channel", "hour")  # hourly rows: a frame 4 x smaller than intervals
+        .sort("_k", "hour")  # hourly rows: a frame four times smaller than the intervals
     )
 
 
 def _findings(scored: pl.DataFrame, kind: str, params: UsageParams) -> pl.DataFrame:
     flag = pl.col(kind)
-    key = pl.col("meter_id") + "\x1f" + pl.col("channel")
+    key = pl.col("_k")
     prev_hour = pl.col("hour").shift(1)
     contiguous = (key == key.shift(1)) & (pl.col("hour") - prev_hour == pl.duration(hours=1))
     new = flag & ~(flag.shift(1, fill_value=False) & contiguous.fill_null(False))
