@@ -215,3 +215,12 @@ def test_the_residential_week_matches_the_fault_ledger() -> None:
         .filter((pl.col("start") <= fault_end) & (pl.col("end") >= pl.col("start_right")))
     )
     assert matched.height == 2
+
+
+def test_a_nan_sentinel_inside_a_phase_loss_neither_breaks_nor_ends_it() -> None:
+    v1, v2, v3 = healthy_volts()
+    readings = meter("lift", volts=(window(v1, 47, 48, float("nan")), v2, window(v3, 40, 56, 0.0)))
+    found = detect_electrical(readings)
+    assert found.select("kind", "start", "end").rows() == [
+        ("phase_loss", T0 + 40 * STEP, T0 + 55 * STEP)
+    ]
