@@ -104,9 +104,9 @@ def _flows(
     """`meter_id, ts, flow` (m3/h) of water meters, with their project, load and zone."""
     info = meter_zones(meters).filter(pl.col("kind").fill_null("water") == "water")
     read = (
-        readings.filter(pl.col("channel").cast(pl.String) == FLOW)
+        readings.filter(pl.col("channel") == FLOW)  # enum or string, compared as it is
         .filter(pl.col("value").is_not_null() & pl.col("value").is_not_nan())
-        .filter(pl.col("quality").cast(pl.String).is_in(["good", "clock_suspect"]))
+        .filter(pl.col("quality").is_in(["good", "clock_suspect"]) | pl.col("quality").is_null())
         .select(pl.col("meter_id").cast(pl.String), "ts", pl.col("value").alias("flow"))
     )
     parts = [read]
@@ -115,8 +115,7 @@ def _flows(
         hours = (pl.col("end") - pl.col("start")).dt.total_seconds() / 3600.0
         rate = (
             consumption.filter(
-                (pl.col("channel").cast(pl.String) == VOLUME)
-                & ~pl.col("meter_id").cast(pl.String).is_in(have)
+                (pl.col("channel") == VOLUME) & ~pl.col("meter_id").cast(pl.String).is_in(have)
             )
             .filter(hours > 0)
             .select(
