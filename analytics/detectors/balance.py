@@ -214,6 +214,7 @@ def detect_balance(
     meters: pl.DataFrame | None,
     *,
     params: BalanceParams = BalanceParams(),
+    weather: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Main-vs-sub-meter imbalance findings (kind `balance`) per parent meter, as
     `FINDINGS_SCHEMA` sorted by (subject, start, rule); the subject is the main meter.
@@ -232,6 +233,7 @@ def detect_balance(
     >>> f.select("subject", "rule", "severity").row(0)
     ('main', 'balance.unmetered', 'critical')
     """
+    del weather  # the detectors' common signature; balance needs no weather
     p = params
     win = balance_windows(readings, consumption, meters, params=p)
     if win.is_empty():

@@ -387,6 +387,7 @@ def detect_electrical(
     meters: pl.DataFrame | None = None,
     *,
     params: ElectricalParams = ElectricalParams(),
+    weather: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """CT reversal, phase loss, voltage imbalance (and any negative consumption interval), as
     `FINDINGS_SCHEMA` sorted by (subject, start, rule). See the module docstring for the rules.
@@ -405,6 +406,7 @@ def detect_electrical(
     [('m1', 'ct_reversal.negative_power',
       datetime.datetime(2026, 1, 5, 0, 15, tzinfo=zoneinfo.ZoneInfo(key='UTC')), 'critical')]
     """
+    del weather  # the detectors' common signature; the electrical rules need no weather
     wide = wide_instants(readings, _CHANNELS)
     generation = _generation_meters(meters)
     ct = _ct_reversal(wide, generation, params)

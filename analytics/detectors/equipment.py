@@ -450,6 +450,7 @@ def detect_equipment(
     meters: pl.DataFrame | None,
     *,
     params: EquipmentParams = EquipmentParams(),
+    weather: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Equipment-failure warnings (kind `degradation`, one rule per figure, `lead_time_days`
     set) for the pumps, lifts and HVAC units in `meters`, as `FINDINGS_SCHEMA` sorted by
@@ -468,6 +469,9 @@ def detect_equipment(
     >>> cycling.select("subject", "severity", "lead_time_days").rows()  # already 2.8x the starts
     [('p', 'critical', 0.0)]
     """
+    del (
+        weather
+    )  # the detectors' common signature; no HVAC degree-day adjustment yet (HVAC: standby only)
     p = params
     daily = daily_figures(readings, consumption, meters, params=p)
     if daily.is_empty():
