@@ -193,12 +193,17 @@ def list_projects(conn: psycopg.Connection[Any]) -> list[Project]:
 
 def default_trigger(config: JobConfig, kind: JobKind, project: Project) -> Any:
     """When APScheduler wakes a project's job. Intraday: every tick on UTC boundaries plus the
-    settle delay. Daily: the project's local `daily_hour`, a few minutes past it, so the
-    intraday wake-up at that hour goes first."""
+    settle delay (a cron expression, so the wake-ups stay on the grid whenever the worker
+    started). Daily: the project's local `daily_hour`, a few minutes past it, so the intraday
+    wake-up at that hour goes first."""
     if kind == "intraday":
-        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-        return IntervalTrigger(
-            seconds=config.tick.total_seconds(), start_date=epoch + config.settle, timezone=dt.UTC
+        tick_s = int(config.tick.total_seconds())
+        offset = int(config.settle.total_seconds()) % tick_s
+        minutes = tick_s // 60
+        return CronTrigger(
+            minute=f"{offset // 60}-59/{minutes}" if minutes < 60 else str(offset // 60),
+            second=offset % 60,
+            timezone=dt.UTC,
         )
     return CronTrigger(hour=config.daily_hour, minute=5, timezone=project.time_zone)
 

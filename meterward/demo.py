@@ -3,8 +3,9 @@
 Starts (or attaches to) the database and the broker, migrates, starts an ingest worker and
 serves a simulated property (scenario `demo.scenario`) over Modbus TCP and MQTT, reports what
 runs where, then runs until Ctrl-C/SIGTERM and shuts everything down in reverse
-order. `--smoke` checks that each part answers (a real batch goes through ingest and is acked)
-and exits. Later components (gateway agents, analytics, API) register themselves here.
+order. `--smoke` checks that each part answers (a real batch goes through ingest and is acked;
+the analytics worker has written consumption over the fleet's history) and exits. Later
+components (the API) register themselves here.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from store.migrations import migrate, status
 from store.pool import open_pool
 
 if TYPE_CHECKING:
+    from analytics.jobs import AnalyticsWorker
     from simulators.fleet import Fleet
 
 
@@ -211,8 +213,20 @@ async def check_gateways(db_url: str, gateways: list[GatewayAgent], timeout: flo
         await asyncio.sleep(1.0)
 
 
+async def check_analytics(db_url: str, projects: list[str], timeout: float = 90.0) -> str:
+    """Wait until the analytics worker has done a tick of every demo project and written
+    consumption for it."""
+    from meterward.demo_analytics import wait_for_analytics  # noqa: PLC0415
+
+    return await asyncio.to_thread(wait_for_analytics, db_url, projects, timeout)
+
+
 async def _smoke(
-    db_url: str, mqtt_url: str, fleet: ServedFleet | None, gateways: list[GatewayAgent]
+    db_url: str,
+    mqtt_url: str,
+    fleet: ServedFleet | None,
+    gateways: list[GatewayAgent],
+    analytics_projects: list[str],
 ) -> int:
     checks = {
         "database": check_database(db_url),
@@ -223,6 +237,8 @@ async def _smoke(
         checks["fleet"] = check_fleet(fleet)
     if gateways:
         checks["gateways"] = check_gateways(db_url, gateways)
+    if analytics_projects:
+        checks["analytics"] = check_analytics(db_url, analytics_projects)
     failed = False
     for name, check in checks.items():
         try:
@@ -252,6 +268,7 @@ class DemoStack:
         self._gateway_stop = asyncio.Event()
         self._gateway_tasks: list[asyncio.Task[None]] = []
         self.mqtt5 = True
+        self._analytics: tuple[AnalyticsWorker, ConnectionPool] | None = None
 
     async def start_database(self) -> str:
         if self.settings.database_url:
@@ -304,14 +321,18 @@ class DemoStack:
 
     async def start_fleet(self, mqtt_url: str) -> None:
         """The simulated properties of the demo scenario, in real time."""
+        from meterward.demo_analytics import fleet_start  # noqa: PLC0415
         from simulators.clock import SystemClock  # noqa: PLC0415 - numpy/polars on demand
         from simulators.fleet import Fleet  # noqa: PLC0415
         from simulators.scenario import load_scenario, plan  # noqa: PLC0415
 
         name = self.settings.demo.scenario
         now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+        # The fleet started a while ago (kept in the data dir): the analytics part writes the
+        # history its gateways would have delivered, so there are results from the first tick.
+        start = fleet_start(self.data_dir, now)
         scenario = await asyncio.to_thread(load_scenario, scenario_file(name))
-        fleet = await asyncio.to_thread(Fleet, plan(scenario, start=now.isoformat()))
+        fleet = await asyncio.to_thread(Fleet, plan(scenario, start=start.isoformat()))
         base = self.settings.demo.fleet_base_port
         try:
             served = await serve_fleet(fleet, SystemClock(), base_port=base, mqtt_url=mqtt_url)
@@ -361,6 +382,38 @@ class DemoStack:
             )
         )
 
+    async def start_analytics(self, db_url: str) -> None:
+        """The last day's history of the simulated projects into the store, then the analytics
+        worker (its own process in production), which catches up over it at once."""
+        from analytics.jobs import AnalyticsWorker, config_from_settings, pipeline_work  # noqa: PLC0415
+        from meterward.demo_analytics import write_history  # noqa: PLC0415
+
+        assert self._fleet_model is not None
+        now = dt.datetime.now(dt.UTC)
+        written = await asyncio.to_thread(write_history, db_url, self._fleet_model.plan, until=now)
+        config = config_from_settings(self.settings.analytics)
+        pool = open_pool(
+            db_url, min_size=1, max_size=config.threads + 1, name="meterward-demo-analytics"
+        )
+        worker = AnalyticsWorker(
+            pool, pipeline_work(), config=config, worker_id="meterward-demo-analytics"
+        )
+        await asyncio.to_thread(worker.start)
+        self._analytics = (worker, pool)
+        minutes = int(config.tick.total_seconds() // 60)
+        self.parts.append(
+            Part(
+                "analytics",
+                "threads in this process",
+                f"{written} history readings written; every {minutes} min per project,"
+                f" daily at {config.daily_hour:02d}:05 local",
+            )
+        )
+
+    def simulated_projects(self) -> list[str]:
+        """Codes of the simulated fleet's projects (what the analytics smoke check waits for)."""
+        return sorted(self._fleet_model.plan.projects) if self._fleet_model else []
+
     def report(self, elapsed: float) -> None:
         _say(f"meterward demo is up in {elapsed:.1f} s:")
         width = max(len(p.name) for p in self.parts)
@@ -368,6 +421,11 @@ class DemoStack:
             _say(f"  {part.name:<{width}}  {part.where}  ({part.detail})")
 
     async def stop(self) -> None:
+        if self._analytics is not None:
+            analytics, analytics_pool = self._analytics
+            await asyncio.to_thread(analytics.stop)  # the steps in hand commit
+            analytics_pool.close()
+            self._analytics = None
         self._gateway_stop.set()  # each agent finishes its cycle and keeps its outbox
         if self._gateway_tasks:
             await asyncio.gather(*self._gateway_tasks, return_exceptions=True)
@@ -403,9 +461,12 @@ async def run_demo(settings: Settings, *, smoke: bool) -> int:
         await asyncio.to_thread(stack.start_ingest, db_url, mqtt_url)
         await stack.start_fleet(mqtt_url)
         await stack.start_gateways(db_url, mqtt_url)
+        await stack.start_analytics(db_url)
         stack.report(time.monotonic() - started)
         if smoke:
-            return await _smoke(db_url, mqtt_url, stack.fleet, stack.gateways)
+            return await _smoke(
+                db_url, mqtt_url, stack.fleet, stack.gateways, stack.simulated_projects()
+            )
         _say("press Ctrl-C to stop")
         await stop.wait()
         _say("stopping ...")

@@ -181,6 +181,12 @@ def test_wake_ups_fall_on_tick_boundaries_plus_the_settle_delay() -> None:
     fire = trigger.get_next_fire_time(None, now)
     assert fire == dt.datetime(2026, 3, 1, 10, 17, tzinfo=UTC)
     assert trigger.get_next_fire_time(fire, fire) == fire + Q
+    # Started off the grid (a catch-up run at start-up), the next wake-up is back on it.
+    off = dt.datetime(2026, 3, 1, 10, 9, 41, tzinfo=UTC)
+    assert trigger.get_next_fire_time(off, off) == fire
+    hourly = default_trigger(JobConfig(tick=dt.timedelta(hours=1), settle=dt.timedelta(
+        seconds=150)), "intraday", project)  # fmt: skip
+    assert hourly.get_next_fire_time(None, now) == dt.datetime(2026, 3, 1, 11, 2, 30, tzinfo=UTC)
     # The daily wake-up is at 01:05 in the project's zone: 17:05 UTC the day before.
     daily = default_trigger(config, "daily", project).get_next_fire_time(None, now)
     assert daily == dt.datetime(2026, 3, 1, 17, 5, tzinfo=UTC)
