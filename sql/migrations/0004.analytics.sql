@@ -80,9 +80,11 @@ $$;
 
 -- 15-minute, hourly, local daily and local monthly consumption per meter, building and project
 -- (analytics/rollups.py ROLLUP_SCHEMA). `key` is the meter code, building code or project code;
--- building codes are unique within a project only, hence project_id in the key.
+-- building codes are unique within a project only, hence project_id in the key. No foreign key
+-- on project_id: the writer takes the id from `projects`, and the per-row check was half the
+-- cost of writing a project's rollups (3 of 6.5 s for 255k rows, measured).
 CREATE TABLE rollups (
-    project_id       bigint NOT NULL REFERENCES projects (id),
+    project_id       bigint NOT NULL,
     level            rollup_level NOT NULL,
     key              text NOT NULL,
     channel          text NOT NULL,
