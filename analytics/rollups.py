@@ -402,7 +402,7 @@ def _stream_codes(df: pl.DataFrame, ents: _Entities) -> I64:
     return out
 
 
-def _slots(df: pl.DataFrame, ents: _Entities) -> _Block:
+def _slots(df: pl.DataFrame, ents: _Entities, *, disjoint: bool = True) -> _Block:
     """Meter-level 15-minute rows of a validated consumption frame (proportional split)."""
     sid = _stream_codes(df, ents)
     start = df["start"].cast(pl.Int64).to_numpy()
@@ -417,6 +417,9 @@ def _slots(df: pl.DataFrame, ents: _Entities) -> _Block:
         sid, start, end, x, rank, first, k = (
             v[order] for v in (sid, start, end, x, rank, first, k)
         )
+    # Overlapping intervals of a stream would be counted twice: refuse them.
+    if disjoint and sid.size > 1 and np.any((sid[1:] == sid[:-1]) & (start[1:] < end[:-1])):
+        raise ValueError("consumption frame: overlapping intervals in a stream")
     if np.all(k == 1):
         slot, cov, value = first, end - start, x
     else:
@@ -600,9 +603,15 @@ def rollup(consumption: pl.DataFrame | pl.LazyFrame, meters: pl.DataFrame) -> pl
     >>> day["estimated_share"].item(), day["quality"].item()
     (0.5714285714285714, 'estimated')
     """
+    return _rollup(consumption, meters, disjoint=True)
+
+
+def _rollup(
+    consumption: pl.DataFrame | pl.LazyFrame, meters: pl.DataFrame, *, disjoint: bool
+) -> pl.DataFrame:
     df = _consumption(consumption)
     ents = _entities(_distinct_streams(df), meters)
-    m15 = _slots(df, ents)
+    m15 = _slots(df, ents, disjoint=disjoint)
     cal = _calendar_for([m15.slot], ents)
     return _frames(_all_levels(m15, ents, cal), ents, cal)
 
@@ -624,12 +633,14 @@ def dirty_buckets(changed: pl.DataFrame | pl.LazyFrame, meters: pl.DataFrame) ->
     >>> d.filter(level="project", period="month")["bucket_start"].dt.to_string("%F %R").item()
     '2025-12-31 23:00'
     """
-    return rollup(changed, meters).select(*DIRTY_SCHEMA.names())
+    # old and new versions of a changed interval overlap: allowed here, only places matter
+    return _rollup(changed, meters, disjoint=False).select(*DIRTY_SCHEMA.names())
 
 
 def consumption_window(dirty: pl.DataFrame) -> pl.DataFrame:
-    """Per stream, the span of consumption `refresh` needs: every interval overlapping
-    [start, end) (the stream's dirty 15-minute slots) must be passed; more is harmless.
+    """Per stream, the spans of consumption `recompute` and `refresh` need: every interval
+    overlapping a [start, end) span (a run of the stream's dirty 15-minute slots) must be
+    passed, each once; more is harmless (intervals outside the dirty slots are ignored).
 
     >>> import datetime as dt
     >>> utc = dt.timezone.utc
@@ -639,11 +650,19 @@ def consumption_window(dirty: pl.DataFrame) -> pl.DataFrame:
     >>> consumption_window(d).row(0)[:2]
     ('m1', 'energy_wh')
     """
-    return (
+    stream = ["meter_id", "channel"]
+    slots = (
         dirty.filter(pl.col("level") == "meter", pl.col("period") == "15min")
-        .group_by(pl.col("key").alias("meter_id"), "channel")
+        .select(pl.col("key").alias("meter_id"), "channel", "bucket_start", "bucket_end")
+        .sort(*stream, "bucket_start")
+    )
+    contiguous = pl.col("bucket_start") == pl.col("bucket_end").shift(1).over(stream)
+    return (
+        slots.with_columns(run=(~contiguous.fill_null(False)).cum_sum())
+        .group_by(*stream, "run")
         .agg(pl.col("bucket_start").min().alias("start"), pl.col("bucket_end").max().alias("end"))
-        .sort("meter_id", "channel")
+        .drop("run")
+        .sort(*stream, "start")
     )
 
 

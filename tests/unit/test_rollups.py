@@ -368,10 +368,13 @@ def refresh_with(
     """What a job does: dirty buckets from the changed rows, load their window, refresh."""
     dirty = dirty_buckets(changed, m)
     window = consumption_window(dirty)
-    needed = everything.join(window, on=["meter_id", "channel"], suffix="_w").filter(
-        pl.col("end") > pl.col("start_w"), pl.col("start") < pl.col("end_w")
+    needed = (
+        everything.join(window, on=["meter_id", "channel"], suffix="_w")
+        .filter(pl.col("end") > pl.col("start_w"), pl.col("start") < pl.col("end_w"))
+        .select(CONSUMPTION_SCHEMA.names())
+        .unique(maintain_order=True)  # an interval overlapping two spans is loaded once
     )
-    return refresh(previous, needed.select(CONSUMPTION_SCHEMA.names()), m, dirty)
+    return refresh(previous, needed, m, dirty)
 
 
 def test_a_late_interval_seven_days_back_changes_only_its_buckets() -> None:
@@ -505,5 +508,7 @@ def test_bad_input_is_refused() -> None:
             ok,
             meters_frame([("m1", "p", "B1", "Asia/Shanghai"), ("m2", "p", "B1", "Europe/Berlin")]),
         )
+    with pytest.raises(ValueError, match="overlapping"):
+        rollup(pl.concat([ok, ok.head(1)]), m)
     with pytest.raises(ValueError, match="end <= start"):
         rollup(ok.with_columns(pl.col("start").alias("end")), m)

@@ -112,10 +112,13 @@ def test_late_arrivals_refreshed_equal_a_full_recompute(
     previous = rollup(first, m)
     dirty = dirty_buckets(arrived, m)
     window = consumption_window(dirty)
-    needed = consumption.join(window, on=["meter_id", "channel"], suffix="_w").filter(
-        pl.col("end") > pl.col("start_w"), pl.col("start") < pl.col("end_w")
+    needed = (
+        consumption.join(window, on=["meter_id", "channel"], suffix="_w")
+        .filter(pl.col("end") > pl.col("start_w"), pl.col("start") < pl.col("end_w"))
+        .select(CONSUMPTION_SCHEMA.names())
+        .unique(maintain_order=True)
     )
-    after = refresh(previous, needed.select(CONSUMPTION_SCHEMA.names()), m, dirty)
+    after = refresh(previous, needed, m, dirty)
     full = rollup(consumption, m)
     assert_frame_equal(after, full, check_exact=True)
     assert frame_hash(after) == frame_hash(full)
