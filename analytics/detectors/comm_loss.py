@@ -117,6 +117,7 @@ def _polls(readings: pl.DataFrame) -> tuple[pl.DataFrame, float]:
     df = df.with_columns((pl.col("ts").dt.epoch("us") / 1e6).alias("t")).with_columns(
         pl.when(s == s.shift(1)).then(pl.col("t").diff()).alias("step"),
         (~lost).alias("responsive"),
+        (pl.col("quality") == "clock_suspect").fill_null(False).alias("clock"),
     )
     df = df.with_columns(
         (pl.col("responsive") & ~pl.col("value").is_nan().fill_null(False)).alias("valued")
@@ -136,7 +137,8 @@ def _polls(readings: pl.DataFrame) -> tuple[pl.DataFrame, float]:
         | (pl.col("last_t") < t_end - slack)
     ).select("_stream", "cadence")
     sub = df.filter(s.is_in(suspect.get_column("_stream").implode())).drop("quality", "value")
-    return sub.join(suspect, on="_stream", how="left", maintain_order="left"), t_end
+    sub = sub.join(suspect, on="_stream", how="left", maintain_order="left")
+    return sub.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64)), t_end
 
 
 def _silence(df: pl.DataFrame, t_end: float, params: CommLossParams) -> pl.DataFrame:
@@ -144,12 +146,22 @@ def _silence(df: pl.DataFrame, t_end: float, params: CommLossParams) -> pl.DataF
     polls, plus a silent tail up to the data's last instant and a silent head from the stream's
     first row."""
     s = pl.col("_stream")
-    resp = df.filter(pl.col("responsive")).select("_stream", "meter_id", "channel", "t", "cadence")
+    resp = df.filter(pl.col("responsive")).select(
+        "_stream", "meter_id", "channel", "t", "cadence", "clock", "_row"
+    )
     end_s = t_end
     first = df.group_by("_stream").agg(pl.col("t").min().alias("first_t"))
     # Gaps: previous answered poll -> this one. Lost polls = steps of the cadence between them.
+    # Next to a stamp from a drifting meter clock (clock_suspect) a gap in time proves nothing:
+    # a resynchronised clock jumps. There only the lost polls on record count.
+    same = s == s.shift(1)
+    untrusted = pl.col("clock") | pl.col("clock").shift(1)
     gaps = resp.with_columns(
-        pl.when(s == s.shift(1)).then(pl.col("t").shift(1)).alias("prev_t"),
+        pl.when(same).then(pl.col("t").shift(1)).alias("prev_t"),
+        pl.when(same & untrusted)
+        .then(pl.col("_row") - pl.col("_row").shift(1) - 1)
+        .cast(pl.Float64)
+        .alias("explicit"),
     ).join(first, on="_stream", how="left")
     # A stream's first answered poll after silent rows: the head of the stream was silent.
     gaps = gaps.with_columns(
@@ -185,9 +197,18 @@ def _silence(df: pl.DataFrame, t_end: float, params: CommLossParams) -> pl.DataF
         )
         .with_columns(pl.col("t") + pl.col("cadence"))
     )
-    cols = ["meter_id", "channel", "prev_t", "t", "cadence"]
-    allg = pl.concat([gaps.select(cols), tails.select(cols), never.select(cols)])
-    lost = ((pl.col("t") - pl.col("prev_t")) / pl.col("cadence")).round(0) - 1
+    cols = ["meter_id", "channel", "prev_t", "t", "cadence", "explicit"]
+    nothing = pl.lit(None, pl.Float64).alias("explicit")
+    allg = pl.concat(
+        [
+            gaps.select(cols),
+            tails.with_columns(nothing).select(cols),
+            never.with_columns(nothing).select(cols),
+        ]
+    )
+    lost = pl.coalesce(
+        pl.col("explicit"), ((pl.col("t") - pl.col("prev_t")) / pl.col("cadence")).round(0) - 1
+    )
     out = allg.with_columns(lost.alias("lost")).filter(
         pl.col("cadence").is_not_null() & (pl.col("lost") >= params.silence_polls)
     )
@@ -207,7 +228,8 @@ def _intermittent(df: pl.DataFrame, params: CommLossParams) -> pl.DataFrame:
     `intermittent_polls` lost ones (lost rows plus polls missing between rows)."""
     w = params.intermittent_window
     s = pl.col("_stream")
-    missing = (pl.col("step") / pl.col("cadence")).round(0) - 1
+    untrusted = pl.col("clock") | (pl.col("clock").shift(1) & (s == s.shift(1)))
+    missing = pl.when(~untrusted).then((pl.col("step") / pl.col("cadence")).round(0) - 1)
     lost_here = (~pl.col("responsive")).cast(pl.Int64) + missing.clip(0, w).fill_null(0).cast(
         pl.Int64
     )

@@ -141,3 +141,21 @@ def test_the_simulated_estate_s_device_faults_are_found_and_nothing_else() -> No
     silent = lost.filter(pl.col("kind") != "busy").get_column("meter_id").to_list()
     assert set(silent) <= set(pairs.get_column("subject"))
     assert "b1-water-02" not in out.get_column("subject").to_list()
+
+
+def test_a_drifting_clock_that_resynchronises_is_not_a_silence() -> None:
+    """The meter's clock ran 25 minutes slow; on resync its stamps jump forward: no poll lost."""
+    slow = [t - dt.timedelta(minutes=25) for t in grid(10)]
+    after = grid(10, start=T0 + dt.timedelta(minutes=15 * 10))
+    df = pl.concat(
+        [
+            readings("m1", "power_w", slow, [1.0] * 10, ["clock_suspect"] * 10),
+            readings("m1", "power_w", after, [1.0] * 10),
+        ]
+    )
+    assert detect_comm_loss(df, None, M).height == 0
+    # lost polls on record still count next to such stamps
+    lost = readings("m1", "power_w", grid(3, start=after[0]), [None] * 3, ["comm_error"] * 3)
+    later = readings("m1", "power_w", grid(5, start=after[-1]), [1.0] * 5)
+    out = detect_comm_loss(pl.concat([df.head(10), lost, later]), None, M)
+    assert out.filter(pl.col("rule") == "comm_loss.silence").height == 1
