@@ -240,10 +240,19 @@ def _cadence(stream: I64, ts: I64, n_streams: int) -> I64:
     pos = np.arange(1, stream.size)
     pick = (stream[1:] == stream[:-1]) & ((pos - first[stream[1:]]) % stride[stream[1:]] == 0)
     at = pos[pick]
-    d = pl.DataFrame({"s": stream[at], "d": ts[at] - ts[at - 1]})
-    med = d.filter(pl.col("d") > 0).group_by("s").agg(pl.col("d").median()).sort("s")
+    d = ts[at] - ts[at - 1]
+    at = at[d > 0]
+    d = d[d > 0]
+    ds = stream[at]
+    by = np.lexsort((d, ds))  # a few dozen per stream: small
+    d, ds = d[by], ds[by]
+    lo, n = _starts(ds, n_streams)
+    has = n > 0
+    mid_lo = d[np.minimum(lo + (n - 1) // 2, max(d.size - 1, 0))] if d.size else lo
+    mid_hi = d[np.minimum(lo + n // 2, max(d.size - 1, 0))] if d.size else lo
     cadence = np.full(n_streams, 900 * US, dtype=np.int64)  # one row only: the usual 15 min
-    cadence[med["s"].to_numpy()] = np.maximum(np.rint(med["d"].to_numpy()), 1).astype(np.int64)
+    median = np.rint((mid_lo + mid_hi) / 2.0).astype(np.int64)
+    cadence[has] = np.maximum(median[has], 1)
     usual = np.asarray(USUAL_CADENCES_S, dtype=np.int64) * US
     nearest = usual[np.abs(np.log(cadence[:, None] / usual[None, :])).argmin(axis=1)]
     close = np.abs(cadence / nearest - 1.0) <= 0.02
