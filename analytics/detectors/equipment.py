@@ -50,9 +50,11 @@ Per unit (meters with `load` in `EquipmentParams.loads`):
    for the energy and time figures, +30 % starts, +20 % standby) sit well above the day-to-day
    scatter of healthy units (3-7 %) and well below the failure levels.
 
-HVAC run hours, staging and starts follow the weather, not wear (a warm week raises them all),
-so units with a load in `weather_driven_loads` are judged on `weather_driven_figures` only
-(standby, by default) until a degree-day adjustment exists.
+Which figures speak of wear depends on the unit (`figures_by_load`): a pump's starts, run time
+and energy all do; a lift's starts are its trips and its run hours its traffic, so only the
+energy and time per trip and standby are judged; an HVAC unit's run hours, staging and starts
+follow the weather (a warm week raises them all), so only standby is judged until a degree-day
+adjustment exists.
 """
 
 from __future__ import annotations
@@ -111,8 +113,13 @@ class EquipmentParams:
     """Thresholds of the equipment rules (see the module docstring)."""
 
     loads: tuple[str, ...] = ("pump", "lift", "hvac")
-    weather_driven_loads: tuple[str, ...] = ("hvac",)
-    weather_driven_figures: tuple[str, ...] = ("standby",)
+    figures_by_load: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "pump": tuple(FIGURES),
+            "lift": ("energy_per_cycle", "run_time_per_cycle", "standby"),
+            "hvac": ("standby",),
+        }
+    )
     low_quantile: float = 0.05
     high_quantile: float = 0.95
     on_fraction: float = 0.5
@@ -140,8 +147,7 @@ class EquipmentParams:
         out = {
             k: v
             for k, v in asdict(self).items()
-            if k
-            not in ("warn", "failure", "max_gap", "max_cycle_step", "loads", "weather_driven_loads")
+            if k not in ("warn", "failure", "max_gap", "max_cycle_step", "loads", "figures_by_load")
         }
         out["max_cycle_step_s"] = self.max_cycle_step.total_seconds()
         out["warn_rise"] = self.warn[figure]
@@ -160,8 +166,13 @@ _DAILY_FIELDS: dict[str, frames.DType] = {
 _DAILY_SCHEMA: Final = pl.Schema(_DAILY_FIELDS)
 
 
+def _loads_judging(p: EquipmentParams, figure: str) -> list[str]:
+    """The loads whose units are judged on `figure` (a load not in `figures_by_load`: all)."""
+    return [load for load in p.loads if figure in p.figures_by_load.get(load, tuple(FIGURES))]
+
+
 def _units(meters: pl.DataFrame | None, p: EquipmentParams) -> pl.DataFrame:
-    """meter_id, subject (asset_id when the meters frame has one), time_zone, weather flag."""
+    """meter_id, subject (asset_id when the meters frame has one), time_zone, load."""
     if meters is None or "load" not in meters.columns:
         return pl.DataFrame(
             schema={
@@ -169,7 +180,6 @@ def _units(meters: pl.DataFrame | None, p: EquipmentParams) -> pl.DataFrame:
                 "subject": pl.String,
                 "time_zone": pl.String,
                 "load": pl.String,
-                "weather": pl.Boolean,
             }
         )
     base = common.meter_zones(meters)
@@ -186,7 +196,6 @@ def _units(meters: pl.DataFrame | None, p: EquipmentParams) -> pl.DataFrame:
             "subject",
             "time_zone",
             "load",
-            weather=pl.col("load").is_in(list(p.weather_driven_loads)),
         )
     )
 
@@ -345,7 +354,7 @@ def daily_figures(
     )
     duty = ((mean_w - off_w) / (on_w - off_w)).clip(0.0, 1.0)
     run_hours = pl.when(pl.col("cycling")).then(24.0 * duty)
-    daily = daily.join(units.select("meter_id", "weather"), on="meter_id").with_columns(
+    daily = daily.join(units.select("meter_id", "load"), on="meter_id").with_columns(
         run_hours=run_hours
     )
     active = pl.col("run_hours") >= p.min_run_hours
@@ -361,9 +370,8 @@ def daily_figures(
         )
         .with_columns(run_hours=pl.when(active).then(pl.col("run_hours")))
         .with_columns(
-            pl.when(~pl.col("weather")).then(pl.col(f)).alias(f)
+            pl.when(pl.col("load").is_in(_loads_judging(p, f))).then(pl.col(f)).alias(f)
             for f in FIGURES
-            if f not in p.weather_driven_figures
         )
         .select(list(_DAILY_SCHEMA))
         .cast(_DAILY_FIELDS)  # type: ignore[arg-type]

@@ -179,6 +179,21 @@ def test_hvac_is_judged_on_standby_only() -> None:
     assert rules_of(found, "chiller") == {"degradation.standby_creep"}
 
 
+def test_a_busier_lift_is_not_short_cycling_but_longer_trips_are_wear() -> None:
+    # A lift's starts are its trips: more traffic is not wear. Longer trips for the same
+    # traffic are.
+    busier = pump("lift-a", 21, rate_growth=1.5, seed=15)
+    slower = pump("lift-b", 21, duty_growth=0.6, seed=16)
+    found = detect_equipment(
+        pl.concat([busier, slower]), None, meters_of("lift-a", "lift-b", load="lift")
+    )
+    assert rules_of(found, "lift-a") == set()
+    assert rules_of(found, "lift-b") == {
+        "degradation.energy_per_cycle",
+        "degradation.run_time_per_cycle",
+    }
+
+
 def test_consumption_frame_stands_in_for_the_register() -> None:
     readings = pump("worn", 21, duty_growth=0.45, seed=3)
     reg = readings.filter(pl.col("channel") == "energy_import_kwh").sort("ts")
