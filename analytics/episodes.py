@@ -264,8 +264,9 @@ def _runs(
     sev = pl.col("severity").to_physical().cast(pl.Int8)
     f = (
         findings.lazy()
-        .filter(pl.col("start").is_not_null() & pl.col("severity").is_not_null())
+        .filter(pl.all_horizontal(pl.col("subject", "rule", "start", "severity").is_not_null()))
         .with_columns(
+            evidence=pl.col("evidence").fill_null("{}"),
             start=pl.col("start").dt.epoch("us"),
             end=pl.max_horizontal("start", "end").dt.epoch("us"),
         )

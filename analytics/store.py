@@ -25,6 +25,23 @@ nothing twice, and the watermark moves only with the effects it accounts for.
 
 Every function takes a connection and works inside the caller's transaction when there is one
 (its own `conn.transaction()` is then a savepoint), so a job can commit a whole tick at once.
+
+A tick, as a job would run it (`now` the tick's instant, `lo` its window start)::
+
+    meters = load_meters(conn, pid)
+    mark = load_watermark(conn, pid, "consumption")
+    horizon = received_horizon(conn)
+    late = late_readings(conn, pid, received_after=mark.received_upto,
+                         received_upto=horizon, before=mark.watermark)
+    # ... recompute consumption over the window plus the late spans (analytics.consumption),
+    # then rollups.refresh over rollups.dirty_buckets of what changed ...
+    write_consumption(conn, pid, intervals, computed_at=now, window=(lo, now))
+    write_rollups(conn, pid, changed_rows, computed_at=now, dirty=dirty)
+    write_findings(conn, pid, findings, computed_at=now, window=(lo, now), rules=ran)
+    state = load_episodes(conn, pid, closed_since=now - longest_cooldown)
+    step = episodes.advance(state, findings, now, policy)
+    write_episode_step(conn, pid, step, now=now,
+                       watermark=Watermark("consumption", now, horizon))
 """
 
 # The SQL text here is assembled only from this module's own constants (table and column names,

@@ -336,3 +336,12 @@ def test_a_hundred_thousand_findings_are_vectorised() -> None:
     assert step.episodes.get_column("subject").n_unique() == n_subjects
     assert step.episodes.get_column("occurrences").sum() <= found.height
     assert elapsed < 5.0, f"{elapsed:.2f} s for {found.height} findings"
+
+
+def test_findings_without_subject_are_ignored_and_missing_evidence_is_empty() -> None:
+    found = findings([(0, 1, "warning"), (0, 1, "warning")]).with_columns(
+        subject=pl.Series(["m1", None]), evidence=pl.lit(None, pl.String)
+    )
+    step = advance(no_episodes(), found, at(1), PARAMS)
+    assert step.episodes.select("subject", "occurrences", "evidence").rows() == [("m1", 1, "{}")]
+    assert step.events.get_column("payload").str.json_path_match("$.evidence").to_list() == ["{}"]
