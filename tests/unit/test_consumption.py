@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -12,6 +13,8 @@ from polars.testing import assert_frame_equal
 
 from analytics.consumption import ConsumptionParams, ConsumptionResult, consumption
 from analytics.frames import CONSUMPTION_SCHEMA, COUNTER_EVENTS_SCHEMA
+from simulators.history import History
+from simulators.scenario import load_scenario, plan
 
 T0 = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)  # a Monday, 00:00 UTC
 Q = dt.timedelta(minutes=15)
@@ -464,3 +467,67 @@ def test_no_readings_give_empty_frames_with_the_schemas() -> None:
 def test_a_single_reading_gives_no_interval() -> None:
     out = consumption(reads([5.0]))
     assert out.intervals.height == 0
+
+
+# -- against the simulator's ground truth ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def estate() -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """A week of the shipped residential estate: readings, meters and faults ledgers."""
+    root = Path(__file__).resolve().parents[2]
+    run = History(plan(load_scenario(root / "scenarios" / "residential-small.toml")), 7, 900)
+    readings = run.collect()
+    return readings, run.meters_frame(), run.faults_frame()
+
+
+@pytest.mark.slow
+def test_totals_match_the_ledger_across_every_fault(
+    estate: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
+) -> None:
+    readings, meters_, faults = estate
+    out = consumption(readings, meters_)
+    assert (out.intervals["consumption"].drop_nulls() >= 0).all()
+    # A reversed CT changes what the meter counts, not what flows (true_value): left out.
+    reversed_ct = faults.filter(pl.col("kind") == "ct_reversal")["meter_id"].to_list()
+    value = pl.col("quality").cast(pl.String).is_in(["good", "clock_suspect"]) & pl.col(
+        "value"
+    ).is_not_nan().fill_null(False)
+    truth = (
+        readings.filter(pl.col("channel").cast(pl.String).str.contains("kwh|kvarh|m3$"))
+        .filter(value)
+        .group_by(pl.col("meter_id").cast(pl.String), pl.col("channel").cast(pl.String))
+        .agg((pl.col("true_value").last() - pl.col("true_value").first()).alias("truth"))
+    )
+    ours = out.intervals.group_by("meter_id", "channel").agg(pl.col("consumption").sum())
+    both = truth.join(ours, on=["meter_id", "channel"], how="left").filter(
+        ~pl.col("meter_id").is_in(reversed_ct)
+    )
+    assert both.height > 200
+    moving = both.filter(pl.col("truth") > 0)
+    rel = (moving["consumption"] - moving["truth"]).abs() / moving["truth"]
+    assert (rel < 0.001).all(), moving.with_columns(rel=rel).sort("rel").tail(3)
+    idle = both.filter(pl.col("truth") == 0)["consumption"].fill_null(0.0)
+    assert (idle.abs() < 1e-9).all()
+
+
+@pytest.mark.slow
+def test_register_events_match_the_faults_ledger(
+    estate: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame],
+) -> None:
+    readings, meters_, faults = estate
+    ev = consumption(readings, meters_).events
+    for kind in ("rollover", "reset", "replacement"):
+        planned = faults.filter(pl.col("kind") == kind)
+        found = ev.filter(pl.col("event") == kind)
+        assert planned.height > 0
+        # Every planned one found within a poll of when it happened, on its meter ...
+        for meter, start, end in planned.select("meter_id", "start", "end").iter_rows():
+            near = found.filter(
+                (pl.col("meter_id") == meter)
+                & pl.col("ts").is_between(start - Q, (end or start) + Q)
+            )
+            assert near.height > 0, (kind, meter)
+        # ... and nothing else.
+        assert set(found["meter_id"]) == set(planned["meter_id"])
+    assert ev.filter(pl.col("event") == "unexplained_drop").height == 0
