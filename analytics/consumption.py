@@ -42,7 +42,10 @@ vectorised over every (meter, counter channel) stream at once:
 - The meter's `multiplier` (CT x PT x pulse factor, default 1) scales every value.
 
 Intervals of a stream run contiguously from its first to its last kept read; consumption is
-never negative. Everything is computed in UTC: a DST change does not touch a stream's grid.
+never negative; quality is `measured` (two kept reads one slot apart, a rollover, a ledger
+seam) or `estimated` (spread over a gap, or a reset topped up). `backfilled` and `manual` are
+the store's to set (they say where a reading came from, which readings alone do not tell).
+A stream has one cadence: reads closer than it fall into one slot (the last one stays). Everything is computed in UTC: a DST change does not touch a stream's grid.
 Internally each stream is an integer code in (meter_id, channel) order, so one stable integer
 sort (rows of one stream keep their order) puts the input in stream order; a second sort by
 time happens only when some stream's rows are out of time order.
@@ -117,8 +120,13 @@ class ConsumptionParams:
 
 @dataclass(frozen=True, slots=True)
 class ConsumptionResult:
-    """`intervals`: CONSUMPTION_SCHEMA rows sorted by (meter_id, channel, start);
-    `events`: COUNTER_EVENTS_SCHEMA rows sorted by (meter_id, channel, ts, event)."""
+    """`intervals`: CONSUMPTION_SCHEMA rows sorted by (meter_id, channel, start); an
+    unexplained drop's interval has null consumption and quality.
+
+    `events`: COUNTER_EVENTS_SCHEMA rows sorted by (meter_id, channel, ts, event). `ts` is the
+    read that showed it (rollover, reset, unexplained_drop, bad_read), the last kept read
+    before the missing slots (gap), or the ledger's `at` (replacement); `detail` gives the
+    values (register units, before the multiplier; a gap's spread delta after it)."""
 
     intervals: pl.DataFrame
     events: pl.DataFrame
