@@ -332,13 +332,14 @@ def received_horizon(conn: Conn, margin: dt.timedelta = dt.timedelta(minutes=1))
     """The `received_at` up to which every reading is visible now, safely.
 
     A reading's `received_at` is its ingest transaction's start, so a transaction still open
-    now may yet commit rows stamped earlier than this moment. The horizon stays before the
-    start of every open writing transaction this role can see, and `margin` before now, so the
-    next scan from it misses nothing (a re-scan of rows already seen is harmless: recomputing
-    is idempotent)."""
+    now may yet commit rows stamped earlier than this moment. The horizon stays strictly before
+    the start of every open writing transaction this role can see (`late_readings` takes rows
+    received *after* it), and `margin` before now, for writers it cannot see; so the next scan
+    from it misses nothing (a re-scan of rows already seen is harmless: recomputing is
+    idempotent)."""
     row = conn.execute(
-        "SELECT least(now() - %s, (SELECT min(xact_start) FROM pg_stat_activity"
-        " WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()))",
+        "SELECT least(now() - %s, (SELECT min(xact_start) - interval '1 microsecond'"
+        " FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()))",
         (margin,),
     ).fetchone()
     assert row is not None

@@ -248,6 +248,26 @@ def test_late_readings_are_found_by_arrival(db: Store) -> None:
     assert found.rows() == [("E-SUB", "energy_import_kwh", T0 - 2 * HOUR, T0 - HOUR, 2)]
 
 
+def test_received_horizon_stays_before_open_writers(db: Store) -> None:
+    """A reading's received_at is its transaction's start: while an ingest transaction is
+    open, the horizon must not pass its start, or its rows would be missed when it commits."""
+    with connect(db) as writer, connect(db) as reader:
+        with writer.transaction():
+            writer.execute(
+                "INSERT INTO readings (meter_id, channel, ts, value) VALUES (%s, 'power_w', %s, 1)",
+                (db.meters["E-SUB"], T0),
+            )
+            started = writer.execute("SELECT now()").fetchone()
+            assert started is not None
+            during = store.received_horizon(reader, margin=dt.timedelta(0))
+            assert during < started[0]
+        after = store.received_horizon(reader, margin=dt.timedelta(0))
+        assert after > started[0]
+        row = reader.execute("SELECT received_at FROM readings").fetchone()
+        assert row is not None
+        assert during < row[0] <= after  # the next scan, (during, after], sees it
+
+
 # --- results: round trips, idempotent re-writes, replaced windows --------------------------------
 
 
