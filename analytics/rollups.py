@@ -324,9 +324,12 @@ def _meters(meters: pl.DataFrame) -> pl.DataFrame:
     m = meters.select(
         pl.col("meter_id").cast(pl.String),
         pl.col("project").cast(pl.String),
-        pl.col("building").cast(pl.String),
+        # a meter outside any building (a site weather station) rolls up under building ""
+        pl.col("building").cast(pl.String).fill_null(""),
         pl.col("time_zone").cast(pl.String),
     )
+    if m["time_zone"].null_count() or m["project"].null_count():
+        raise ValueError("meters frame: every meter needs a project and a time_zone")
     if m["meter_id"].n_unique() != m.height:
         raise ValueError("meters frame: duplicate meter_id")
     zones = (
@@ -925,6 +928,8 @@ def _merge(prev: pl.DataFrame, dirty: pl.DataFrame, fresh: pl.DataFrame) -> pl.D
         first = np.flatnonzero(np.concatenate(([True], run[1:] != run[:-1]))) if n else run
         here = _slot_of(part)
         k = (run << 32) | here
+        if n > 1 and not np.all(k[1:] > k[:-1]):
+            raise ValueError("previous rollups are not in ROLLUP_KEY order (or have duplicates)")
         runs = part[first].select(group).with_columns(r=pl.int_range(pl.len(), dtype=pl.Int64))
 
         def position_keys(rows: pl.DataFrame, runs: pl.DataFrame = runs) -> I64:

@@ -512,3 +512,19 @@ def test_bad_input_is_refused() -> None:
         rollup(pl.concat([ok, ok.head(1)]), m)
     with pytest.raises(ValueError, match="end <= start"):
         rollup(ok.with_columns(pl.col("start").alias("end")), m)
+
+
+def test_a_meter_without_building_rolls_up_under_building_empty_and_its_project() -> None:
+    m = meters_frame([("m1", "p", "B1", "Asia/Shanghai"), ("wx", "p", "", "Asia/Shanghai")])
+    m = m.with_columns(
+        pl.when(pl.col("meter_id") == "wx")
+        .then(None)
+        .otherwise(pl.col("building"))
+        .alias("building")
+    )
+    c = pl.concat(
+        [series("m1", utc(2026, 1, 5), 4, values=1.0), series("wx", utc(2026, 1, 5), 4, values=2.0)]
+    )
+    r = rollup(c, m)
+    assert pick(r, "building", "hour")["key"].to_list() == ["", "B1"]
+    assert pick(r, "project", "hour")["consumption"].to_list() == [12.0]
