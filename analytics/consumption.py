@@ -45,7 +45,8 @@ Intervals of a stream run contiguously from its first to its last kept read; con
 never negative; quality is `measured` (two kept reads one slot apart, a rollover, a ledger
 seam) or `estimated` (spread over a gap, or a reset topped up). `backfilled` and `manual` are
 the store's to set (they say where a reading came from, which readings alone do not tell).
-A stream has one cadence: reads closer than it fall into one slot (the last one stays). Everything is computed in UTC: a DST change does not touch a stream's grid.
+A stream has one cadence: reads closer than it fall into one slot (the last one stays).
+Everything is computed in UTC: a DST change does not touch a stream's grid.
 Internally each stream is an integer code in (meter_id, channel) order, so one stable integer
 sort (rows of one stream keep their order) puts the input in stream order; a second sort by
 time happens only when some stream's rows are out of time order.
