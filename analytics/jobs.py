@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import threading
 import time
 import traceback
@@ -172,7 +173,12 @@ class JobMetrics:
 
 
 def config_from_settings(settings: Any) -> JobConfig:
-    """A `JobConfig` from `meterward.settings.AnalyticsSettings`."""
+    """A `JobConfig` from `meterward.settings.AnalyticsSettings`.
+
+    >>> from meterward.settings import AnalyticsSettings
+    >>> config_from_settings(AnalyticsSettings(tick_minutes=5)).tick
+    datetime.timedelta(seconds=300)
+    """
     return JobConfig(
         tick=dt.timedelta(minutes=settings.tick_minutes),
         settle=dt.timedelta(seconds=settings.settle_s),
@@ -195,7 +201,15 @@ def default_trigger(config: JobConfig, kind: JobKind, project: Project) -> Any:
     """When APScheduler wakes a project's job. Intraday: every tick on UTC boundaries plus the
     settle delay (a cron expression, so the wake-ups stay on the grid whenever the worker
     started). Daily: the project's local `daily_hour`, a few minutes past it, so the intraday
-    wake-up at that hour goes first."""
+    wake-up at that hour goes first.
+
+    >>> now = dt.datetime(2026, 3, 1, 10, 3, tzinfo=dt.UTC)
+    >>> p = Project(1, "P", "Asia/Shanghai")
+    >>> default_trigger(JobConfig(), "intraday", p).get_next_fire_time(None, now).isoformat()
+    '2026-03-01T10:17:00+00:00'
+    >>> default_trigger(JobConfig(), "daily", p).get_next_fire_time(None, now).isoformat()
+    '2026-03-02T01:05:00+08:00'
+    """
     if kind == "intraday":
         tick_s = int(config.tick.total_seconds())
         offset = int(config.settle.total_seconds()) % tick_s
@@ -496,6 +510,15 @@ class AnalyticsWorker:
     def start(self) -> None:
         """Start the scheduler in background threads; each project catches up at once."""
         self._stop.clear()
+        # APScheduler logs every wake-up of every job at INFO ("Running job ...", "executed
+        # successfully"): two lines per project per tick that say less than our step events.
+        # Its warnings (a wake-up skipped, a job missed) still come through.
+        for name in ("apscheduler.executors", "apscheduler.scheduler"):
+            logger = logging.getLogger(name)
+            if logger.getEffectiveLevel() < logging.WARNING and not logger.isEnabledFor(
+                logging.DEBUG
+            ):
+                logger.setLevel(logging.WARNING)
         self._scheduler = BackgroundScheduler(
             timezone=dt.UTC,
             executors={"default": ThreadPoolExecutor(self.config.threads)},

@@ -45,6 +45,7 @@ Q = dt.timedelta(minutes=15)
 # Three projects in three zones: UTC, a zone 8 h ahead, one with DST.
 PROJECTS = {"P-UTC": "UTC", "P-SHA": "Asia/Shanghai", "P-NYC": "America/New_York"}
 START = dt.datetime(2026, 3, 7, 9, 4, tzinfo=UTC)  # New York's DST starts 8 March 2026
+ENTRY = [sys.executable, "-c", "from meterward.cli import main; main()"]
 
 
 class FakeClock:
@@ -383,6 +384,18 @@ def test_status_lists_every_job(db: str, pools: Callable[[], ConnectionPool]) ->
         (p, k) for p in PROJECTS for k in ("daily", "intraday")
     )
     assert all(s.last_status in {"done", None} for s in status)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MW_")} | {"MW_DATABASE_URL": db}
+    out = subprocess.run(
+        [*ENTRY, "analytics", "status", "--json"], env=env, capture_output=True, text=True,
+        check=True, timeout=60,
+    )  # fmt: skip
+    shown = json.loads(out.stdout)
+    assert sorted((r["project"], r["job"]) for r in shown) == sorted(
+        (s.project, s.kind) for s in status
+    )
+    by_job = {(r["project"], r["job"]): r for r in shown}
+    for s in status:
+        assert by_job[(s.project, s.kind)]["done_until"] == s.done_until.isoformat()
 
 
 # -- the real tick bodies over a simulated project --------------------------------------------
@@ -550,8 +563,6 @@ def test_a_re_run_tick_changes_nothing(estate: Estate) -> None:
 
 
 # -- the command ------------------------------------------------------------------------------
-
-ENTRY = [sys.executable, "-c", "from meterward.cli import main; main()"]
 
 
 def test_run_help() -> None:
