@@ -344,16 +344,10 @@ def _meters(meters: pl.DataFrame) -> pl.DataFrame:
 
 
 def _consumption(consumption: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    """A consumption frame as `CONSUMPTION_SCHEMA` (ids may come as Enum), validated."""
     df = (
         consumption.lazy()
-        .select(
-            pl.col("meter_id").cast(pl.String),
-            pl.col("channel").cast(pl.String),
-            pl.col("start").cast(TS),
-            pl.col("end").cast(TS),
-            pl.col("consumption").cast(pl.Float64),
-            pl.col("quality").cast(CONSUMPTION_QUALITY_ENUM),
-        )
+        .select(pl.col(n).cast(t) for n, t in CONSUMPTION_SCHEMA.items())
         .collect()
     )
     bad = df.select(
@@ -400,6 +394,8 @@ def _stream_codes(df: pl.DataFrame, ents: _Entities) -> I64:
             maintain_order="left",
         )
     )
+    if runs["sid"].null_count():  # cannot happen: the entities come from these rows
+        raise ValueError("consumption frame: a stream without an entity code")
     codes: I64 = runs["sid"].to_numpy().astype(np.int64)
     out: I64 = codes[run]
     return out
@@ -1029,5 +1025,3 @@ __all__ = [
     "rollup",
     "watermarks",
 ]
-
-_ = CONSUMPTION_SCHEMA  # the input contract (see analytics.frames)
