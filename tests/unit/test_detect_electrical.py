@@ -2,13 +2,19 @@
 
 Synthetic three-phase meters pin each rule's edges; a simulated week of the residential scenario
 checks the rules against the simulator's fault ledger (its ct_reversal and phase_loss faults).
+Precision and recall over many seeds and the shipped scenarios:
+
+    .venv/bin/python -m tests.unit.test_detect_electrical --seeds 1-10 --days 7
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -224,3 +230,67 @@ def test_a_nan_sentinel_inside_a_phase_loss_neither_breaks_nor_ends_it() -> None
     assert found.select("kind", "start", "end").rows() == [
         ("phase_loss", T0 + 40 * STEP, T0 + 55 * STEP)
     ]
+
+
+LEDGER_KINDS = ("ct_reversal", "phase_loss")
+
+
+def score(scenario: str, seed: int | None, days: float) -> dict[str, Any]:
+    """Findings against the ledger's ct_reversal / phase_loss faults of one simulated run: a
+    finding matches a fault of its kind on the same meter whose window it overlaps."""
+    run = History(plan(load_scenario(ROOT / "scenarios" / scenario), seed=seed), days, 900)
+    faults = run.faults_frame().filter(pl.col("kind").is_in(LEDGER_KINDS))
+    found = detect_electrical(run.collect(), None, run.meters_frame()).with_columns(
+        pl.col("kind").cast(pl.String)
+    )
+    fault_end = pl.col("end_right").fill_null(pl.col("end"))
+    pairs = (
+        found.with_row_index("f")
+        .join(
+            faults.with_row_index("g"), left_on=["subject", "kind"], right_on=["meter_id", "kind"]
+        )
+        .filter((pl.col("start") <= fault_end) & (pl.col("end") >= pl.col("start_right")))
+    )
+    return {
+        "scenario": scenario,
+        "seed": seed,
+        "faults": faults.height,
+        "faults_found": pairs["g"].n_unique(),
+        "findings": found.filter(pl.col("kind").is_in(LEDGER_KINDS)).height,
+        "findings_matched": pairs["f"].n_unique(),
+        "other_findings": found.filter(~pl.col("kind").is_in(LEDGER_KINDS)).height,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seeds", default="default", help="a-b, a,b,c or 'default' (the scenario's)")
+    ap.add_argument("--days", type=float, default=7)
+    ap.add_argument(
+        "--scenarios", default="residential-small.toml,office-tower.toml,mixed-fleet.toml"
+    )
+    args = ap.parse_args(argv)
+    seeds: list[int | None]
+    if args.seeds == "default":
+        seeds = [None]
+    elif "-" in args.seeds:
+        lo, hi = (int(x) for x in args.seeds.split("-"))
+        seeds = list(range(lo, hi + 1))
+    else:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    rows = []
+    for seed in seeds:
+        for scenario in args.scenarios.split(","):
+            rows.append(score(scenario, seed, args.days))
+            print(rows[-1], flush=True)
+    df = pl.DataFrame(rows)
+    t = df.select(pl.exclude("scenario", "seed")).sum().row(0, named=True)
+    print(
+        f"recall {t['faults_found']}/{t['faults']}, precision {t['findings_matched']}/"
+        f"{t['findings']}, other electrical findings (imbalance, ...): {t['other_findings']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
