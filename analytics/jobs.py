@@ -689,7 +689,11 @@ def intraday_tick(ctx: TickContext) -> TickOutcome:
     load_from = min(ctx.load_from, redo_from - (ws - ctx.load_from))
     meters = _load_meters(conn, pid)
     readings = store.load_readings(conn, pid, (load_from, we))
-    result = pipeline.run_pass(readings, meters, weather=_weather(readings, meters))
+    # Rollups belong to the daily job; equipment findings too (dropped below by rule).
+    result = pipeline.run_pass(
+        readings, meters, weather=_weather(readings, meters),
+        params=pipeline.PassParams(rollups=False),
+    )  # fmt: skip
 
     # An interval belongs to the tick whose window holds its closing reading (its `end`): the
     # tick before did not have that reading. The delete scope starts at `redo_from` too.
