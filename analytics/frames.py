@@ -21,7 +21,9 @@ Outputs
 
 - **consumption**: one row per (meter, channel, interval): `meter_id, channel, start, end,
   consumption, quality`. `consumption >= 0` always; `quality` is one of `CONSUMPTION_QUALITY`.
-  Intervals of one stream are contiguous and non-overlapping, on the stream's cadence.
+  The one exception is an interval across an unexplained drop: there both are null (no value
+  is known, and none is invented), and a counter event says why. Intervals of one stream are
+  contiguous and non-overlapping, on the stream's cadence.
 - **counter events**: `meter_id, channel, ts, event, detail` with `event` in `COUNTER_EVENTS`.
 - **rollups**: `level, key, channel, period, bucket_start, bucket_end, consumption,
   estimated_share, quality` (see `analytics.rollups`).
