@@ -7,8 +7,8 @@ Covered, with the same rules and the same outputs as the Polars pipeline:
 - **consumption** (`analytics.consumption`, see its module docstring): bad reads (not-a-value
   answers, dips and jumps that come back, bad zeros), rollover at the ledger's or an inferred
   modulus, reset (topped up to the profile), unexplained drops, replacements from the ledger,
-  gaps spread by the stream's hour-of-week median profile, the multiplier; intervals with their
-  quality, and counter events (without the `detail` text);
+  gaps spread by the stream's typical use (mean by hour of week, else hour of day), the
+  multiplier; intervals with their quality, and counter events (without the `detail` text);
 - **rollups** (`analytics.rollups`): 15-minute, hourly, local daily and local monthly
   consumption per meter, building and project, with the estimated part, the worst quality,
   the meter count and the covered time;
@@ -229,10 +229,17 @@ def prepare(readings: pd.DataFrame) -> Streams:
 
 
 def cadence(stream: I64, ts: I64, n: int) -> I64:
-    same = stream[1:] == stream[:-1]
-    d = ts[1:] - ts[:-1]
-    use = same & (d > 0)
-    med = pd.Series(d[use]).groupby(stream[1:][use]).median()
+    """Median time between a stream's rows, over up to ~64 evenly spaced ones (every
+    `rows // 64`-th gap), snapped to a usual interval within 2%."""
+    counts = np.bincount(stream, minlength=n)
+    first = np.cumsum(counts) - counts
+    stride = np.maximum(counts // 64, 1)
+    pos = np.arange(1, stream.size)
+    s1 = stream[1:]
+    pick = (s1 == stream[:-1]) & ((pos - first[s1]) % stride[s1] == 0)
+    d = ts[pos[pick]] - ts[pos[pick] - 1]
+    use = d > 0
+    med = pd.Series(d[use]).groupby(s1[pick][use]).median()
     out = np.full(n, 900 * US, dtype=np.int64)
     out[med.index.to_numpy()] = np.maximum(np.rint(med.to_numpy()), 1).astype(np.int64)
     usual = np.asarray(USUAL_CADENCES_S, dtype=np.int64) * US
@@ -469,6 +476,7 @@ def consumption(
             cad,
             o_stream[rows],
             o_slot[rows],
+            p.profile_samples,
         )
         local = rep[rows]
         wsum = pd.Series(weight).groupby(local).sum().reindex(nd).to_numpy()
@@ -532,24 +540,31 @@ def profile_weights(
     cad: I64,
     want_stream: I64,
     want_slot: I64,
+    min_samples: int,
 ) -> F64:
-    """Median measured consumption of the stream at the wanted slot's UTC hour of week, else
-    its mean measured consumption, else 0."""
+    """The stream's typical use in the wanted slot: the mean measured interval at that UTC
+    hour of week when it has `min_samples` of them, else at that hour of day, else over all
+    its measured intervals, else 0."""
     m = np.flatnonzero(measured & np.isin(s, np.unique(want_stream)))
     sm = s[m]
-    seen = pd.DataFrame(
-        {
-            "key": sm * 168 + hour_of_week(anchor[sm] + start_slot[m] * cad[sm]),
-            "stream": sm,
-            "d": delta[m],
-        }
+    how = hour_of_week(anchor[sm] + start_slot[m] * cad[sm])
+    seen = pd.DataFrame({"w": sm * 168 + how, "d": sm * 24 + how % 24, "s": sm, "x": delta[m]})
+    by_week = seen.groupby("w")["x"].agg(["mean", "size"])
+    by_day = seen.groupby("d")["x"].agg(["mean", "size"])
+    overall = seen.groupby("s")["x"].mean()
+    want_how = hour_of_week(anchor[want_stream] + want_slot * cad[want_stream])
+    wk = by_week.reindex(want_stream * 168 + want_how)
+    dy = by_day.reindex(want_stream * 24 + want_how % 24)
+    w = np.where(
+        wk["size"].to_numpy() >= min_samples,
+        wk["mean"].to_numpy(),
+        np.where(
+            dy["size"].to_numpy() >= min_samples,
+            dy["mean"].to_numpy(),
+            np.nan_to_num(overall.reindex(want_stream).to_numpy(), nan=0.0),
+        ),
     )
-    median = seen.groupby("key")["d"].median()
-    mean = seen.groupby("stream")["d"].mean()
-    key = want_stream * 168 + hour_of_week(anchor[want_stream] + want_slot * cad[want_stream])
-    w = median.reindex(key).to_numpy()
-    w = np.where(np.isnan(w), mean.reindex(want_stream).to_numpy(), w)
-    out: F64 = np.clip(np.nan_to_num(w, nan=0.0), 0.0, None)
+    out: F64 = np.clip(w, 0.0, None)
     return out
 
 

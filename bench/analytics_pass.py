@@ -227,19 +227,19 @@ def polars_worker(ds: Dataset, out: Path, profile: bool, detectors: bool = True)
         "input_mb": readings.estimated_size() / MB,
         "loaded_mb": rss_mb() - base,
     }
-    stages: dict[str, tuple[float, float]] = {}
+    stages: dict[str, tuple[float, float, float]] = {}
     sampler = Sampler()
     sampler.mark()
     t0, c0 = time.perf_counter(), time.process_time()
     if profile:
         # run_pass's steps one by one, to see what each costs.
-        last = time.perf_counter()
+        last, last_cpu = time.perf_counter(), time.process_time()
 
         def lap(name: str) -> None:
-            nonlocal last
-            now = time.perf_counter()
-            stages[name] = (now - last, sampler.mark() - base)
-            last = time.perf_counter()
+            nonlocal last, last_cpu
+            now, cpu = time.perf_counter(), time.process_time()
+            stages[name] = (now - last, cpu - last_cpu, sampler.mark() - base)
+            last, last_cpu = time.perf_counter(), time.process_time()
 
         frame = readings_frame(readings).collect()
         lap("readings_frame (String columns)")
@@ -516,8 +516,11 @@ def main() -> None:
                 f"  load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-            for stage, (sec, mb) in rep.get("stages", {}).items():
-                print(f"         {stage:34} {sec:7.2f} s   peak RSS above baseline {mb:7,.0f} MB")
+            for stage, (sec, cpu, mb) in rep.get("stages", {}).items():
+                print(
+                    f"         {stage:34} {sec:7.2f} s {cpu:7.2f} s cpu"
+                    f"   peak RSS above baseline {mb:7,.0f} MB"
+                )
     best = {k: min(v, key=lambda x: x["seconds"]) for k, v in runs.items() if v}
 
     def rate(impl: str) -> float:
