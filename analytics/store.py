@@ -333,13 +333,17 @@ def received_horizon(conn: Conn, margin: dt.timedelta = dt.timedelta(minutes=1))
 
     A reading's `received_at` is its ingest transaction's start, so a transaction still open
     now may yet commit rows stamped earlier than this moment. The horizon stays strictly before
-    the start of every open writing transaction this role can see (`late_readings` takes rows
-    received *after* it), and `margin` before now, for writers it cannot see; so the next scan
-    from it misses nothing (a re-scan of rows already seen is harmless: recomputing is
+    the start of every open transaction on this database that this role can see (any of them,
+    not only those that wrote already: a transaction gets its xid at its first write, stamped
+    with its start), since `late_readings` takes rows received *after* it; and `margin` before
+    now, for sessions it cannot see. So the next scan from it misses nothing. A session left
+    idle in a transaction holds the horizon back: later scans then cover more, which costs
+    time, never correctness (re-scanning rows already seen is harmless: recomputing is
     idempotent)."""
     row = conn.execute(
         "SELECT least(now() - %s, (SELECT min(xact_start) - interval '1 microsecond'"
-        " FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()))",
+        " FROM pg_stat_activity WHERE datname = current_database()"
+        " AND backend_type = 'client backend' AND pid <> pg_backend_pid()))",
         (margin,),
     ).fetchone()
     assert row is not None

@@ -262,6 +262,10 @@ def test_received_horizon_stays_before_open_writers(db: Store) -> None:
             assert started is not None
             during = store.received_horizon(reader, margin=dt.timedelta(0))
             assert during < started[0]
+        with writer.transaction():  # begun, nothing written yet: no xid, same stamp to come
+            begun = writer.execute("SELECT now()").fetchone()
+            assert begun is not None
+            assert store.received_horizon(reader, margin=dt.timedelta(0)) < begun[0]
         after = store.received_horizon(reader, margin=dt.timedelta(0))
         assert after > started[0]
         row = reader.execute("SELECT received_at FROM readings").fetchone()
