@@ -30,7 +30,9 @@ them) and compared with what that meter uses in the same local hour:
 4. **common mode**: an hour in which at least `common_share` of the meter's peers (same
    project and load) also rose `spike_ratio` above their baselines is not a spike of this
    meter - a hot afternoon starting every chiller in the building, a holiday. The evidence
-   gives the share.
+   gives the share. Loads that follow the weather more than the clock (`weather_driven_loads`:
+   HVAC) are judged for spikes only once there are weeks of history for a same-hour-of-week
+   baseline: the same hour of other days cannot tell a hot afternoon from a fault.
 
 Rules `spike.same_hour_of_week` / `spike.same_hour_of_day` and `drop.*` name the baseline used.
 """
@@ -85,6 +87,9 @@ class UsageParams:
         ("water_volume_m3", 40.0),
     )
     default_excess_mean_hours: float = 6.0
+    # ... and its highest hour must add this many mean hours by itself: a spike is a burst, not
+    # a day of somewhat more (a weekend at home against a weekday baseline)
+    peak_excess_mean_hours: float = 2.5
     cooling_base_c: float = 22.0
     heating_base_c: float = 15.0
     residual_clip: float = 3.0  # sigmas: what the weather slope may learn from one hour
@@ -94,6 +99,10 @@ class UsageParams:
     # calendar did it, not the meter.
     common_share: float = 0.5
     min_peers: int = 3
+    # Loads that follow the weather more than the clock (an HVAC plant's compressor stages
+    # switch in on hot afternoons): judged for spikes only against a same-hour-of-week
+    # baseline (weeks of history), never against the same hour of other days.
+    weather_driven_loads: tuple[str, ...] = ("hvac",)
 
 
 def detect_usage(
@@ -346,7 +355,12 @@ def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
         .agg(pl.len().alias("peers"), pl.col("_up").mean().alias("peers_up"))
     )
     common = (pl.col("peers") >= params.min_peers) & (pl.col("peers_up") >= params.common_share)
-    spike = (z >= params.z_hour) & elevated & (pl.col("scale") > 0) & ~common.fill_null(False)
+    short = (pl.col("baseline") != "same_hour_of_week") & pl.col("load").is_in(
+        list(params.weather_driven_loads)
+    ).fill_null(False)
+    spike = (
+        (z >= params.z_hour) & elevated & (pl.col("scale") > 0) & ~common.fill_null(False) & ~short
+    )
     drop = (
         (z <= -params.z_drop)
         & (pl.col("use") <= params.drop_ratio * pl.col("expected"))
@@ -408,8 +422,10 @@ def _findings(scored: pl.DataFrame, kind: str, params: UsageParams) -> pl.DataFr
         return_dtype=pl.Float64,
     ) * pl.col("mean_hour")
     if kind == "spike":
+        peak = (pl.col("use") - pl.col("expected")).list.max()
         episodes = episodes.filter(
             (pl.col("excess") >= need)
+            & (peak >= params.peak_excess_mean_hours * pl.col("mean_hour"))
             & (pl.col("excess") >= params.z_spike * pl.col("sigma"))
             & (pl.col("use").list.len() <= params.max_hours)
         )

@@ -110,7 +110,7 @@ def weather_case() -> tuple[pl.DataFrame, pl.DataFrame, int]:
     ts = hours(24 * 28)
     hot = range(24 * 18 + 8, 24 * 18 + 16)
     temp = [
-        36.0
+        40.0
         if h in hot
         else 25.0 + 3.0 * math.sin(h / 24 * 2 * math.pi) + 5.0 * math.sin(h // 24 * 1.7)
         for h in range(len(ts))
@@ -141,7 +141,7 @@ def test_a_spike_in_hot_weather_carries_the_weather_adjustment() -> None:
     ev = json.loads(out.item(0, "evidence"))
     assert ev["weather"]["beta_cooling_per_degree_hour"] > 0.2
     assert ev["weather"]["shift"][0] > 1.0
-    assert ev["weather"]["temperature_c"][0] == 36.0
+    assert ev["weather"]["temperature_c"][0] == 40.0
 
 
 def test_thresholds_are_parameters() -> None:
