@@ -458,6 +458,24 @@ def compare(polars_out: Outputs, pandas_out: Outputs, quiet: bool = False) -> li
 # -- main --------------------------------------------------------------------------------------
 
 
+def code_version() -> str:
+    """HEAD and whether analytics/ has uncommitted changes (engineers commit as they go)."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--", "analytics"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    changed = len(dirty.stdout.splitlines())
+    return f"code {head.stdout.strip()}" + (
+        f" + {changed} uncommitted analytics/ files" if changed else ""
+    )
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -496,7 +514,7 @@ def main() -> None:
     print(
         f"data: {ds.readings} ({n:,} readings = {args.meters:,} meters x {args.intervals:,}"
         f" intervals, primary counter only); {os.cpu_count()} cpus,"
-        f" load average {os.getloadavg()[0]:.1f}",
+        f" load average {os.getloadavg()[0]:.1f}; {code_version()}",
         flush=True,
     )
     if not args.no_pandas:

@@ -40,7 +40,15 @@ import polars as pl
 
 from analytics.jobs import JobConfig
 from analytics.pipeline import PassParams, run_pass
-from bench.analytics_pass import ROOT, Dataset, dataset, peak_mb, rollup_meters, rss_mb
+from bench.analytics_pass import (
+    ROOT,
+    Dataset,
+    code_version,
+    dataset,
+    peak_mb,
+    rollup_meters,
+    rss_mb,
+)
 from simulators.scenario import parse_duration
 
 BASE_METERS = 1000
@@ -154,7 +162,7 @@ def main() -> None:
     print(
         f"data: {ds.folder}: {base_meters:,} meters x {args.intervals:,} intervals (primary"
         f" counter), tiled {copies}x = {base_meters * copies:,} meters; jobs' lookback {default};"
-        f" {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}",
+        f" {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f}; {code_version()}",
         flush=True,
     )
 
