@@ -361,8 +361,11 @@ def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
     spike = (
         (z >= params.z_hour) & elevated & (pl.col("scale") > 0) & ~common.fill_null(False) & ~short
     )
+    # A drop needs a baseline of its own kind of day: against all days' same hour, every
+    # quiet weekend of an office would be one.
     drop = (
-        (z <= -params.z_drop)
+        (pl.col("_level") != "hod")
+        & (z <= -params.z_drop)
         & (pl.col("use") <= params.drop_ratio * pl.col("expected"))
         & (pl.col("expected") - pl.col("use") >= params.min_share_of_mean * pl.col("mean_hour"))
         & (pl.col("scale") > 0)
