@@ -245,7 +245,13 @@ def _intermittent(df: pl.DataFrame, params: CommLossParams) -> pl.DataFrame:
     back = pl.when(s.shift(w) == s).then(cs.shift(w)).otherwise(start_cs)
     work = work.with_columns((cs - back).alias("in_window"))
     flag = pl.col("in_window") >= params.intermittent_polls
-    out = _runs(work, flag).filter(pl.col("lost_total") >= params.intermittent_polls).collect()
+    # the spell's count is the most lost polls its window held (a run of flagged polls begins at
+    # the poll that completed the count: the earlier losses are in its window, not in the run)
+    out = (
+        _runs(work, flag, pl.col("in_window").max())
+        .filter(pl.col("lost_total") >= params.intermittent_polls)
+        .collect()
+    )
     return out.select(
         pl.col("meter_id").cast(pl.String),
         pl.col("channel").cast(pl.String),
@@ -257,8 +263,11 @@ def _intermittent(df: pl.DataFrame, params: CommLossParams) -> pl.DataFrame:
     )
 
 
-def _runs(work: pl.DataFrame, flag: pl.Expr) -> pl.LazyFrame:
+def _runs(work: pl.DataFrame, flag: pl.Expr, count: pl.Expr | None = None) -> pl.LazyFrame:
+    """Runs of `flag` per stream: first instant, last lost poll, `lost_total` (`count`, by
+    default the lost polls in the run) and the cadence."""
     s = pl.col("_stream")
+    total = count if count is not None else pl.col("lost").sum()
     new = flag & ~(flag.shift(1, fill_value=False) & (s == s.shift(1)).fill_null(False))
     return (
         work.lazy()
@@ -270,7 +279,7 @@ def _runs(work: pl.DataFrame, flag: pl.Expr) -> pl.LazyFrame:
             pl.col("channel").first(),
             pl.col("ts").first().alias("start"),
             pl.col("ts").filter(pl.col("lost") > 0).max().alias("end"),
-            pl.col("lost").sum().alias("lost_total"),
+            total.alias("lost_total"),
             pl.col("cadence").first(),
         )
         .drop("_run")

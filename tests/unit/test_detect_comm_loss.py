@@ -159,3 +159,10 @@ def test_a_drifting_clock_that_resynchronises_is_not_a_silence() -> None:
     later = readings("m1", "power_w", grid(5, start=after[-1]), [1.0] * 5)
     out = detect_comm_loss(pl.concat([df.head(10), lost, later]), None, M)
     assert out.filter(pl.col("rule") == "comm_loss.silence").height == 1
+
+
+def test_two_lost_polls_a_few_polls_apart_are_intermittent() -> None:
+    q = ["good"] * 8 + ["comm_error", "good", "good", "comm_error"] + ["good"] * 8
+    out = detect_comm_loss(polls("m1", q), None, M)
+    assert out.get_column("rule").to_list() == ["comm_loss.intermittent"]
+    assert json.loads(out.item(0, "evidence"))["lost_polls"] == 2
