@@ -16,7 +16,12 @@ for it, or when no row exists where the cadence says one should be. Three rules:
   glitch (consumption treats it as a bad read), not a lost link.
 
 Silence that ends at a meter replacement listed in `meters.replacements` (within
-`replacement_slack_s`) is planned work, not a fault, and is not reported.
+`replacement_slack_s`) is planned work, not a fault, and is not reported. Next to readings
+stamped by a drifting meter clock (`clock_suspect`) a gap in time is not counted as lost polls
+(a resynchronised clock jumps); only the lost polls on record count there.
+
+Most streams lose nothing, so one group-by over all readings picks the streams that lost any
+poll, and the rules run on those alone.
 
 What the simulators' faults look like to these rules (decided, and measured by the evaluation):
 `no_response`, and `slow` with `times_out` true, are silence; `slow` within the timeout is not
