@@ -161,6 +161,7 @@ _DAILY_FIELDS: dict[str, frames.DType] = {
     "day": pl.Date,
     "weekend": pl.Boolean,
     "first_ts": frames.TS,
+    "last_ts": frames.TS,
     **dict.fromkeys(FIGURES, pl.Float64),
 }
 _DAILY_SCHEMA: Final = pl.Schema(_DAILY_FIELDS)
@@ -265,7 +266,7 @@ def daily_figures(
     params: EquipmentParams | None = None,
 ) -> pl.DataFrame:
     """The daily figures each equipment rule trends, one row per (unit, complete local day):
-    `meter_id, day, weekend, first_ts` and `run_hours, cycles, energy_per_cycle,
+    `meter_id, day, weekend, first_ts, last_ts` and `run_hours, cycles, energy_per_cycle,
     run_time_per_cycle, standby` (null where not observable; see the module docstring).
 
     >>> import datetime as dt
@@ -327,6 +328,7 @@ def daily_figures(
     daily = power.group_by("meter_id", "day").agg(
         pl.col("weekend").first(),
         pl.col("ts").min().alias("first_ts"),
+        pl.col("ts").max().alias("last_ts"),
         pl.len().alias("n"),
         pl.col("step").first(),
         pl.col("running").sum().alias("on_n"),
@@ -384,7 +386,7 @@ def _trends(daily: pl.DataFrame, p: EquipmentParams) -> tuple[pl.DataFrame, pl.D
     pairwise slopes come from one self-join on an integer (meter, figure) key."""
     long = (
         daily.unpivot(
-            index=["meter_id", "day", "weekend", "first_ts"],
+            index=["meter_id", "day", "weekend", "first_ts", "last_ts"],
             on=list(FIGURES),
             variable_name="figure",
             value_name="raw",
@@ -541,7 +543,9 @@ def detect_equipment(
     )
     hits = hits.with_columns(lead_time_days=lead)
     units = _units(meters, p).select("meter_id", "subject")
-    ends = daily.group_by("meter_id").agg(pl.col("first_ts").max().alias("last_day_ts"))
+    ends = daily.group_by("meter_id").agg(
+        pl.col("first_ts").max().alias("last_day_ts"), pl.col("last_ts").max().alias("end")
+    )
     hits = hits.join(units, on="meter_id").join(ends, on="meter_id")
     # The finding starts on the first day the figure stood at the warning level.
     starts = (
@@ -552,7 +556,6 @@ def detect_equipment(
     )
     hits = hits.join(starts, on="gid", how="left").with_columns(
         start=pl.coalesce("start", "last_day_ts"),
-        end=pl.col("last_day_ts") + pl.duration(days=1) - pl.duration(seconds=1),
         severity=pl.when(pl.col("lead_time_days") < p.critical_lead_days)
         .then(pl.lit("critical"))
         .otherwise(pl.lit("warning")),
