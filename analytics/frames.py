@@ -13,7 +13,8 @@ Inputs
   `out_of_range`).
 - **meters** (one row per meter): `meter_id, project, building, kind, load, time_zone`, and
   optionally `counters` (list of `{channel, opening, modulus}`), `replacements` (list of
-  `{at, old_serial, new_serial, channel, closing, opening}`), `multiplier` (CT x PT x pulse
+  `{at, old_serial, new_serial, channel, closing, opening}`; serials are integers from the
+  simulators and text from the store, and nothing here reads them), `multiplier` (CT x PT x pulse
   factor, default 1) and `parent_meter_id` (the main meter a sub-meter hangs under).
 - **weather** (optional): `project, ts, temperature_c`.
 
@@ -25,8 +26,11 @@ Outputs
   is known, and none is invented), and a counter event says why. Intervals of one stream are
   contiguous and non-overlapping, on the stream's cadence.
 - **counter events**: `meter_id, channel, ts, event, detail` with `event` in `COUNTER_EVENTS`.
-- **rollups**: `level, key, channel, period, bucket_start, bucket_end, consumption,
-  estimated_share, quality` (see `analytics.rollups`).
+- **rollups** (`analytics.rollups.ROLLUP_SCHEMA`, keyed by `ROLLUP_KEY`): `level` (meter,
+  building, project), `key`, `project`, `channel`, `period` (15min, hour, day, month),
+  `bucket_start`/`bucket_end` (UTC instants of the local bounds: a DST day is 23 or 25 h),
+  `consumption`, `estimated`, `estimated_share`, `quality` (the worst of the bucket's), `meters`,
+  `coverage`, `covered_us`.
 - **findings**: `subject, rule, kind, start, end, severity, evidence, lead_time_days`; one row
   per detected condition, `evidence` a canonical JSON object (the values, the baseline, the
   rule's parameters) so a finding explains itself.
