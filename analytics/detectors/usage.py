@@ -343,9 +343,16 @@ def _slopes(
 def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
     z = (pl.col("use") - pl.col("expected")) / pl.col("scale")
     elevated = (pl.col("use") >= params.spike_ratio * pl.col("expected")).fill_null(False)
+    # a peer counts as risen when its hour would pass a spike hour's tests and add a mean hour:
+    # twice almost nothing (a lighting circuit's daytime standby) is not a rise
+    risen = (
+        elevated
+        & (z >= params.z_hour)
+        & (pl.col("use") - pl.col("expected") >= pl.col("mean_hour"))
+    ).fill_null(False)
     peers = (
         hourly.filter(pl.col("median").is_not_null())
-        .with_columns(elevated.alias("_up"))
+        .with_columns(risen.alias("_up"))
         .group_by(
             pl.col("project").fill_null("").alias("_p"),
             pl.col("load").fill_null("").alias("_l"),
