@@ -43,9 +43,9 @@ from analytics.pipeline import PassParams, run_pass
 from bench.analytics_pass import (
     ROOT,
     Dataset,
+    Sampler,
     code_version,
     dataset,
-    peak_mb,
     rollup_meters,
     rss_mb,
 )
@@ -112,17 +112,22 @@ def worker(ds: Dataset, copies: int, lookback_us: int | None) -> dict[str, Any]:
         ]
         del parts
     del readings
-    base = rss_mb()
+    base = rss_mb()  # imports and the tick's input (the largest load was before this)
+    sampler = Sampler()
+    sampler.mark()
     t0, c0 = time.perf_counter(), time.process_time()
     findings = sum(the_pass(*w) for w in work)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    peak = sampler.mark()
+    sampler.stop()
     return {
-        "seconds": time.perf_counter() - t0,
-        "cpu_s": time.process_time() - c0,
+        "seconds": seconds,
+        "cpu_s": cpu,
         "rows": rows,
         "meters": meters.height,
         "projects": len(work),
         "findings": findings,
-        "peak_mb": peak_mb() - base,
+        "peak_mb": peak - base,
     }
 
 
@@ -173,6 +178,7 @@ def main() -> None:
         print(
             f"{what:20} {r['meters']:>6,} meters ({r['projects']} passes) {r['rows']:>11,} readings"
             f"  {r['seconds']:7.2f} s  {r['cpu_s']:7.2f} s cpu  peak +{r['peak_mb']:6,.0f} MB"
+            " (sampled RSS above the loaded input)"
             f"  {r['findings']:,} findings  (load average {os.getloadavg()[0]:.1f})",
             flush=True,
         )
@@ -186,13 +192,15 @@ def main() -> None:
         small = best(1, lb)
         big = best(copies, lb) if copies > 1 else small
         frac_small = small["seconds"] / full["seconds"]
+        cpu_small = small["cpu_s"] / full["cpu_s"]
         frac_big = big["seconds"] / (copies * full["seconds"])
         cpu_big = big["cpu_s"] / (copies * full["cpu_s"])
-        goal = "met" if frac_big <= 0.05 else "NOT met"
+        # Judged on CPU time: the wall clock swings with the shared machine's load.
+        goal = "met" if cpu_big <= 0.05 else "NOT met"
         print(
-            f"  lookback {lb}: tick / full pass = {frac_small:.3f} ({base_meters:,} meters,"
-            f" measured); {frac_big:.3f} wall, {cpu_big:.3f} cpu ({copies * base_meters:,} meters);"
-            f" goal <= 0.05: {goal}",
+            f"  lookback {lb}: tick / full pass = {frac_small:.3f} wall, {cpu_small:.3f} cpu"
+            f" ({base_meters:,} meters, measured); {frac_big:.3f} wall, {cpu_big:.3f} cpu"
+            f" ({copies * base_meters:,} meters); goal <= 0.05 (cpu): {goal}",
             flush=True,
         )
 
