@@ -125,7 +125,11 @@ def _flows(
             )
         )
         parts.append(rate)
-    flows = pl.concat(parts).join(info, on="meter_id", how="inner")
+    flows = (
+        pl.concat(parts)
+        .filter(pl.col("flow").is_not_null() & pl.col("flow").is_not_nan())  # unknown: no flow
+        .join(info, on="meter_id", how="inner")
+    )
     return sort_streams(flows, ["meter_id"])
 
 
@@ -232,7 +236,7 @@ def _continuous_findings(
         pl.col("threshold").fill_null(params.min_flow_m3h)
     )
     s = pl.col("_stream")
-    flag = pl.col("flow") >= pl.col("threshold")
+    flag = (pl.col("flow") >= pl.col("threshold")).fill_null(False)
     new = flag & ~(flag.shift(1, fill_value=False) & (s == s.shift(1)).fill_null(False))
     hours = params.continuous_hours
     episodes = (
