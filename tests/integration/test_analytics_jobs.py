@@ -632,3 +632,74 @@ def test_sigterm_finishes_the_step_in_hand_and_exits(make_database: DatabaseFact
     # It stopped with work left: the intraday cursor is short of the horizon.
     horizon = floor_tick(dt.datetime.now(UTC) - dt.timedelta(seconds=120), Q)
     assert max(c for (k, _), c in cursors(url).items() if k == "intraday") < horizon
+
+
+@pytest.mark.slow
+def test_late_readings_recompute_the_intervals_and_rollups_they_touch(estate: Estate) -> None:
+    """R11: three hours of one meter's readings arrive a day late (a gateway's outbox after an
+    outage). The next tick recomputes that meter's intervals there (estimated -> measured) and
+    the rollup buckets they touch, already rolled up by the daily job; nothing else."""
+    from analytics.jobs import pipeline_work  # noqa: PLC0415
+
+    url = estate.url
+    gap = (
+        estate.start + dt.timedelta(days=1, hours=2),
+        estate.start + dt.timedelta(days=1, hours=5),
+    )
+    with psycopg.connect(url) as conn:
+        held = conn.execute(
+            "DELETE FROM readings r USING meters m WHERE m.id = r.meter_id"
+            " AND m.code = 'b1-flat-04' AND r.ts >= %s AND r.ts < %s"
+            " RETURNING r.meter_id, r.channel, r.ts, r.value, r.quality",
+            gap,
+        ).fetchall()
+    assert held
+    clock = FakeClock(estate.until + dt.timedelta(minutes=5))
+    pool = open_pool(url, min_size=1, max_size=2, name="mw-test-analytics-late")
+    hours = (
+        "SELECT r.bucket_start, r.consumption, r.quality::text, r.computed_at FROM rollups r"
+        " WHERE r.level = 'meter' AND r.period = 'hour' AND r.key = %s"
+        " AND r.channel = 'energy_import_kwh' AND r.bucket_start >= %s AND r.bucket_start < %s"
+        " ORDER BY 1"
+    )
+    interval_hours = (
+        "SELECT date_trunc('hour', c.start_at), sum(c.consumption) FROM consumption_intervals c"
+        " JOIN meters m ON m.id = c.meter_id WHERE m.code = %s"
+        " AND c.channel = 'energy_import_kwh' AND c.start_at >= %s AND c.start_at < %s"
+        " GROUP BY 1 ORDER BY 1"
+    )
+    try:
+        worker = AnalyticsWorker(pool, pipeline_work(), config=REAL, clock=clock)
+        worker.run_all()
+        with psycopg.connect(url) as conn:
+            before = conn.execute(hours, ("b1-flat-04", *gap)).fetchall()
+            other_before = conn.execute(hours, ("b1-flat-05", *gap)).fetchall()
+        assert [q for _, _, q, _ in before] == ["estimated"] * 3
+        time.sleep(1.5)  # the late rows' received_at must be after the tick's horizon
+        with psycopg.connect(url) as conn:
+            conn.cursor().executemany(
+                "INSERT INTO readings (meter_id, channel, ts, value, quality, source, received_at)"
+                " VALUES (%s, %s, %s, %s, %s, 'backfill', now() - interval '61 seconds')",
+                held,
+            )
+        clock.advance(Q)
+        summaries = worker.run_all()
+    finally:
+        pool.close()
+    assert [s.steps for s in summaries if s.kind == "intraday"] == [1]
+    with psycopg.connect(url) as conn:
+        after = conn.execute(hours, ("b1-flat-04", *gap)).fetchall()
+        sums = conn.execute(interval_hours, ("b1-flat-04", *gap)).fetchall()
+        other_after = conn.execute(hours, ("b1-flat-05", *gap)).fetchall()
+        note = conn.execute(
+            "SELECT detail->>'note' FROM analytics_runs WHERE kind = 'intraday'"
+            " ORDER BY window_end DESC LIMIT 1"
+        ).fetchone()
+    assert note is not None
+    assert "late streams" in note[0]
+    # The meter's hours in the gap: measured now, each the exact sum of its new intervals.
+    assert [q for _, _, q, _ in after] == ["measured"] * 3
+    assert [c for _, c, _, _ in after] == [pytest.approx(s, rel=1e-12) for _, s in sums]
+    assert [c for _, c, _, _ in after] != [c for _, c, _, _ in before]
+    # Another meter's rows in the same hours were not touched (computed_at unchanged).
+    assert other_after == other_before
