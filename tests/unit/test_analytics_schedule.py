@@ -196,3 +196,13 @@ def test_lock_keys_differ_by_kind_and_project() -> None:
     keys = {lock_key(k, p) for k in ("intraday", "daily") for p in (1, 2, 2**31 + 1)}
     assert len(keys) == 4  # project 2**31 + 1 wraps onto project 1: they take turns
     assert all(-(2**31) <= a < 2**31 and 0 <= b < 2**31 for a, b in keys)
+
+
+def test_analytics_settings_refuse_a_tick_that_does_not_divide_the_hour() -> None:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from meterward.settings import AnalyticsSettings  # noqa: PLC0415
+
+    assert AnalyticsSettings(tick_minutes=20).tick_minutes == 20
+    with pytest.raises(ValidationError, match="must divide 60"):
+        AnalyticsSettings(tick_minutes=7)
