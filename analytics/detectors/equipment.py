@@ -52,9 +52,10 @@ Per unit (meters with `load` in `EquipmentParams.loads`):
 
 Which figures speak of wear depends on the unit (`figures_by_load`): a pump's starts, run time
 and energy all do; a lift's starts are its trips and its run hours its traffic, so only the
-energy and time per trip and standby are judged; an HVAC unit's run hours, staging and starts
-follow the weather (a warm week raises them all), so only standby is judged until a degree-day
-adjustment exists.
+energy and time per trip and standby are judged; an HVAC unit is not an on/off cycler (its
+compressor stages follow the weather, and its lowest stage is no standby: a chiller's "off"
+quantile is kilowatts), so no HVAC figure is judged by default until a staged-load model with
+a degree-day adjustment exists (`figures_by_load` can switch figures on).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class EquipmentParams:
         default_factory=lambda: {
             "pump": tuple(FIGURES),
             "lift": ("energy_per_cycle", "run_time_per_cycle", "standby"),
-            "hvac": ("standby",),
+            "hvac": (),
         }
     )
     low_quantile: float = 0.05
@@ -137,7 +138,7 @@ class EquipmentParams:
     noise_floor: float = 0.01
     critical_lead_days: float = 7.0
     max_gap: dt.timedelta = dt.timedelta(hours=1)
-    small_sample_days: int = 6
+    small_sample_days: int = 10
     warn: Mapping[str, float] = field(default_factory=lambda: {k: v[2] for k, v in FIGURES.items()})
     failure: Mapping[str, float] = field(
         default_factory=lambda: {k: v[3] for k, v in FIGURES.items()}

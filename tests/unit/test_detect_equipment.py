@@ -173,9 +173,12 @@ def test_coarse_polling_judges_only_what_it_can_see() -> None:
     assert figures["cycles"].null_count() == figures.height
 
 
-def test_hvac_is_judged_on_standby_only() -> None:
+def test_hvac_is_not_judged_by_default_but_can_be() -> None:
     readings = pump("chiller", 21, duty_growth=0.6, standby_growth=1.0, seed=11)
-    found = detect_equipment(readings, None, meters_of("chiller", load="hvac"))
+    meters = meters_of("chiller", load="hvac")
+    assert detect_equipment(readings, None, meters).is_empty()
+    standby = EquipmentParams(figures_by_load={"hvac": ("standby",)})
+    found = detect_equipment(readings, None, meters, params=standby)
     assert rules_of(found, "chiller") == {"degradation.standby_creep"}
 
 
