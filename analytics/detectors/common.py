@@ -143,9 +143,9 @@ def sort_streams(df: pl.DataFrame, keys: Sequence[str], ts: str = "ts") -> pl.Da
     """`df` ordered by stream (`keys`), then `ts`, with an Int64 column `_stream` (one code per
     stream). Sorting is one single-key sort on an Int64 (stream code in the high bits, seconds
     since the first instant in the low 32) - five times cheaper than a multi-key sort - and is
-    skipped when the frame is already in that order (as the store and most exports give it).
-    Streams come out in order of first appearance; ties keep their input order, so the result
-    depends only on the input.
+    skipped when each stream's rows already are contiguous and in time order (as the store,
+    the simulators and most exports give them; streams may then come in any order). Ties keep
+    their input order, so the result depends only on the input.
 
     >>> import datetime as dt
     >>> t = [dt.datetime(2026, 1, 5, h, tzinfo=dt.UTC) for h in (2, 1, 3)]
@@ -168,10 +168,29 @@ def sort_streams(df: pl.DataFrame, keys: Sequence[str], ts: str = "ts") -> pl.Da
     out = df.with_columns(parts.get_column("_stream"))
     if top >= _MAX_STREAMS or span >= 1 << _TS_BITS:  # beyond the packed key: sort plainly
         return out.sort("_stream", ts, maintain_order=True)
-    key = parts.get_column("_stream") * (1 << _TS_BITS) + parts.get_column("_s")
-    if key.len() < 2 or bool((key.diff().drop_nulls() >= 0).all()):
+    if grouped_in_time(parts.get_column("_stream"), parts.get_column("_s")):
         return out
+    key = parts.get_column("_stream") * (1 << _TS_BITS) + parts.get_column("_s")
     return out.with_columns(key.alias("_key")).sort("_key", maintain_order=True).drop("_key")
+
+
+def grouped_in_time(stream: pl.Series, t: pl.Series) -> bool:
+    """Whether each stream's rows are contiguous and in time order - all a per-stream pass
+    needs, whatever order the streams come in (a simulator's batches, a store's pages). Two
+    linear passes, against a sort of the whole frame.
+
+    >>> grouped_in_time(pl.Series([7, 7, 3, 3]), pl.Series([1, 2, 1, 2]))
+    True
+    >>> grouped_in_time(pl.Series([7, 3, 7]), pl.Series([1, 1, 2]))
+    False
+    """
+    if stream.len() < 2:
+        return True
+    same = stream == stream.shift(1)
+    if bool((same & (t < t.shift(1))).any()):
+        return False
+    changes = int((~same.fill_null(False)).sum())  # the first row counts as a change
+    return changes == stream.n_unique()
 
 
 def sort_by_key(df: pl.DataFrame, key: str) -> pl.DataFrame:
@@ -402,6 +421,7 @@ __all__ = [
     "Evidence",
     "codes",
     "concat_findings",
+    "grouped_in_time",
     "hour_of_week",
     "is_weekend",
     "iso",

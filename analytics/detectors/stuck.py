@@ -30,6 +30,7 @@ import polars as pl
 from analytics.detectors.common import (
     codes,
     concat_findings,
+    grouped_in_time,
     iso,
     severity,
     sort_by_key,
@@ -130,7 +131,8 @@ def _flat_spells(counters: pl.DataFrame, params: StuckParams) -> pl.DataFrame:
     ordered = ordered.with_columns(
         (_key(pl.col("_m") * width + pl.col("_c"), pl.col("_s"))).alias("_k")
     )
-    ordered = sort_by_key(ordered, "_k")
+    if not grouped_in_time(ordered.get_column("_k") // (1 << 32), ordered.get_column("_s")):
+        ordered = ordered.sort("_k", maintain_order=True)
     same = (pl.col("_k") // (1 << 32)) == (pl.col("_k") // (1 << 32)).shift(1)
     step = pl.when(same).then(pl.col("value") - pl.col("value").shift(1))
     ordered = ordered.with_columns(
@@ -213,7 +215,7 @@ def _related_rates(df: pl.DataFrame) -> pl.DataFrame:
         _key(pl.col("_m"), pl.col("_s")).alias("_k"),
         rate.alias("rate"),
     )
-    rel = sort_by_key(rel, "_k")
+    rel = sort_by_key(rel, "_k")  # globally: the as-of joins below search it by key
     m = pl.col("_k") // (1 << 32)
     same = m == m.shift(1)
     dt_h = pl.when(same).then(pl.col("_k").diff() / 3600.0).otherwise(0.0)
