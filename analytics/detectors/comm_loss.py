@@ -128,21 +128,27 @@ def _polls(readings: pl.DataFrame) -> tuple[pl.DataFrame, float]:
         (pl.col("responsive") & ~pl.col("value").is_nan().fill_null(False)).alias("valued")
     )
     t_end = float(df.get_column("t").max())  # type: ignore[arg-type]
+    # Suspects by cheap aggregates: the shortest step stands in for the cadence (a jittery
+    # stream is then looked at more closely, never less); the median comes on suspects only.
     stats = df.group_by("_stream").agg(
-        pl.col("step").filter(pl.col("step") > 0).median().alias("cadence"),
+        pl.col("step").filter(pl.col("step") > 0).min().alias("shortest"),
         pl.col("step").max().alias("max_step"),
         pl.col("t").filter(pl.col("responsive")).max().alias("last_t"),
         (~pl.col("valued")).any().alias("unvalued"),
     )
-    slack = 1.5 * pl.col("cadence")
+    slack = 1.5 * pl.col("shortest")
     suspect = stats.filter(
         pl.col("unvalued")
         | (pl.col("max_step") > slack)
         | pl.col("last_t").is_null()
         | (pl.col("last_t") < t_end - slack)
-    ).select("_stream", "cadence")
+        | pl.col("shortest").is_null()
+    ).select("_stream")
     sub = df.filter(s.is_in(suspect.get_column("_stream").implode())).drop("quality", "value")
-    sub = sub.join(suspect, on="_stream", how="left", maintain_order="left")
+    cadence = sub.group_by("_stream").agg(
+        pl.col("step").filter(pl.col("step") > 0).median().alias("cadence")
+    )
+    sub = sub.join(cadence, on="_stream", how="left", maintain_order="left")
     return sub.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Int64)), t_end
 
 

@@ -156,7 +156,8 @@ def sort_streams(df: pl.DataFrame, keys: Sequence[str], ts: str = "ts") -> pl.Da
     schema = df.schema
     parts = df.select(
         *[codes(k, schema[k]).alias(f"_c{i}") for i, k in enumerate(keys)],
-        (pl.col(ts).dt.epoch("s") - pl.col(ts).dt.epoch("s").min()).alias("_s"),
+        # whole seconds from the microseconds as stored (epoch("s") costs 5x as much)
+        ((pl.col(ts).dt.epoch("us") - pl.col(ts).dt.epoch("us").min()) // 1_000_000).alias("_s"),
     )
     stream = pl.lit(0, pl.Int64)
     for i in range(len(keys)):
@@ -189,8 +190,9 @@ def grouped_in_time(stream: pl.Series, t: pl.Series) -> bool:
     same = stream == stream.shift(1)
     if bool((same & (t < t.shift(1))).any()):
         return False
-    changes = int((~same.fill_null(False)).sum())  # the first row counts as a change
-    return changes == stream.n_unique()
+    # contiguous: no stream starts twice (the first row of each run of a stream, unique)
+    starts = stream.filter(~same.fill_null(False))
+    return starts.len() == starts.n_unique()
 
 
 def sort_by_key(df: pl.DataFrame, key: str) -> pl.DataFrame:
