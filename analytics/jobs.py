@@ -673,7 +673,6 @@ def _refresh_rollups(ctx: TickContext, meters: pl.DataFrame, changed: pl.DataFra
         return 0
     conn, pid = ctx.conn, ctx.project.id
     dirty = rollups.dirty_buckets(changed, meters)
-    key = ["level", "period", "key", "project", "channel", "bucket_start"]
     span = rollups.consumption_window(dirty)
     # A month bucket starts at the month's start: its 15-minute rows are loaded from there.
     first, last = _instant(dirty["bucket_start"].min()), _instant(dirty["bucket_end"].max())
@@ -682,14 +681,9 @@ def _refresh_rollups(ctx: TickContext, meters: pl.DataFrame, changed: pl.DataFra
     consumption = store.load_consumption(conn, pid, (lo - dt.timedelta(days=1), hi))
     consumption = consumption.filter(pl.col("end") > lo, pl.col("consumption").is_not_null())
     previous = store.load_rollups(conn, pid, (first, last))
-    fresh = rollups.refresh(previous, consumption, meters, dirty).join(
-        dirty.select(key), on=key, how="semi"
-    )
-    # Upsert only (no `dirty=`): the store's delete scope over the dirty keys measured 140 s
-    # for one late meter-hour on a 100k-row rollups table (a row-valued IN over text casts);
-    # `refresh` returns every dirty bucket that still has intervals, so all a skipped delete
-    # can leave is a bucket whose every interval vanished.
-    w = store.write_rollups(conn, pid, fresh, computed_at=ctx.now)
+    fresh = rollups.recompute(previous, consumption, meters, dirty)
+    # With `dirty=`, a dirty bucket that no longer has any interval is deleted as well.
+    w = store.write_rollups(conn, pid, fresh, computed_at=ctx.now, dirty=dirty)
     return w.upserted + w.deleted
 
 

@@ -773,10 +773,25 @@ def write_rollups(
             ds = _stage(conn, "mw_rollups_dirty", keys, {"level": "text", "period": "text",
                         "key": "text", "channel": "text", "bucket_start": "ts"})  # fmt: skip
             d = ds.exprs
+            # The dirty keys go into a typed, analysed table and the scope is a semi-join on
+            # it: a row-valued IN over the staged (decoded) keys was planned as a loop over
+            # the stored rows (140 s for one late meter-hour against 100k stored rollups).
+            conn.execute("DROP TABLE IF EXISTS pg_temp.mw_dirty_keys")
+            conn.execute(
+                "CREATE TEMP TABLE mw_dirty_keys ON COMMIT DROP AS SELECT level, period, key,"
+                " channel, bucket_start FROM rollups WITH NO DATA"
+            )
+            conn.execute(
+                f"INSERT INTO mw_dirty_keys SELECT {d['level']}::rollup_level,"
+                f" {d['period']}::rollup_period, {d['key']}, {d['channel']}, {d['bucket_start']}"
+                f" FROM mw_rollups_dirty s {ds.joins}",
+                ds.params,
+            )
+            conn.execute("ANALYZE mw_dirty_keys")
             scope = (
-                "t.project_id = %(project)s AND (t.level::text, t.period::text, t.key, t.channel,"
-                f" t.bucket_start) IN (SELECT {d['level']}, {d['period']}, {d['key']},"
-                f" {d['channel']}, {d['bucket_start']} FROM mw_rollups_dirty s {ds.joins})"
+                "t.project_id = %(project)s AND EXISTS (SELECT 1 FROM mw_dirty_keys d"
+                " WHERE d.level = t.level AND d.period = t.period AND d.key = t.key"
+                " AND d.channel = t.channel AND d.bucket_start = t.bucket_start)"
             )
             st = _Staged(st.table, st.exprs, st.joins, {**st.params, **ds.params})
         return _replace(
