@@ -37,6 +37,7 @@ import polars as pl
 
 from analytics.consumption import COUNTER_CHANNELS, USUAL_CADENCES_S, VALUE_QUALITIES
 from analytics.consumption import ConsumptionParams as Params
+from analytics.detectors.leak import LeakParams
 from analytics.frames import CONSUMPTION_QUALITY, COUNTER_EVENTS
 
 F64 = npt.NDArray[np.float64]
@@ -123,6 +124,10 @@ class Ledger:
 
         m = meters.select(
             pl.col("meter_id", "project", "building", "time_zone").cast(pl.String),
+            *[
+                (pl.col(c) if c in meters.columns else pl.lit(None)).cast(pl.String).alias(c)
+                for c in ("kind", "load")
+            ],
             (pl.col("multiplier") if "multiplier" in meters.columns else pl.lit(1.0))
             .cast(pl.Float64)
             .fill_null(1.0)
@@ -754,6 +759,149 @@ def event_findings(events: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+# -- leak detector -----------------------------------------------------------------------------
+
+
+def _local_naive(ts: pd.Series, zone: pd.Series) -> pd.Series:
+    """Local wall-clock time of UTC instants in each row's zone (one conversion per zone)."""
+    out = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    for name in zone.dropna().unique():
+        rows = (zone == name).to_numpy()
+        out[rows] = ts[rows].dt.tz_convert(name).dt.tz_localize(None)
+    return out
+
+
+def detect_leak(
+    readings: pd.DataFrame, intervals: pd.DataFrame, led: Ledger, p: LeakParams | None = None
+) -> pd.DataFrame:
+    """`analytics.detectors.leak` (night minimum over consecutive nights, continuous flow;
+    peer-scaled threshold) from water-flow readings or, for a water meter without them, the
+    rate of its volume intervals: subject, rule, kind, start, end, severity."""
+    p = LeakParams() if p is None else p
+    info = led.meters.assign(kind=led.meters["kind"].fillna("water"))
+    info = info[info["kind"] == "water"][["meter_id", "project", "load", "time_zone"]]
+    r = readings[
+        (readings["channel"] == "water_flow_m3h")
+        & readings["value"].notna()
+        & readings["quality"].isin(("good", "clock_suspect"))
+    ]
+    read = pd.DataFrame(
+        {"meter_id": r["meter_id"].astype(str), "ts": r["ts"], "flow": r["value"].to_numpy()}
+    )
+    have = set(read["meter_id"].unique())
+    hours = (intervals["end"] - intervals["start"]).dt.total_seconds() / 3600.0
+    v = intervals[
+        (intervals["channel"] == "water_volume_m3")
+        & ~intervals["meter_id"].astype(str).isin(have)
+        & (hours > 0)
+    ]
+    rate = pd.DataFrame(
+        {
+            "meter_id": v["meter_id"].astype(str),
+            "ts": v["start"],
+            "flow": v["consumption"] / hours[v.index],
+        }
+    )
+    flows = pd.concat([read, rate], ignore_index=True)
+    flows = flows[flows["flow"].notna()].merge(info, on="meter_id", how="inner")
+    flows = flows.sort_values(["meter_id", "ts"], kind="stable").reset_index(drop=True)
+    if flows.empty:
+        return _no_findings()
+    local = _local_naive(flows["ts"], flows["time_zone"])
+    hour = local.dt.hour
+    a, b = p.night_start_hour, p.night_end_hour
+    inside = ((hour >= a) & (hour < b)) if a < b else ((hour >= a) | (hour < b))
+    f = flows[inside.to_numpy()].assign(
+        night=(local[inside] + pd.Timedelta(hours=24 - b)).dt.normalize()
+    )
+    nights = (
+        f.groupby(["meter_id", "night"], sort=True)
+        .agg(
+            project=("project", "first"),
+            load=("load", "first"),
+            night_min=("flow", "min"),
+            start=("ts", "min"),
+            end=("ts", "max"),
+            samples=("flow", "size"),
+        )
+        .reset_index()
+    )
+    nights = nights[nights["samples"] >= p.min_night_samples]
+    if nights.empty:
+        return _no_findings()
+    group = [nights["project"].fillna(""), nights["load"].fillna(""), nights["night"]]
+    peers = nights.groupby(group)["night_min"].transform("size")
+    med = nights.groupby(group)["night_min"].transform("median")
+    nights = nights.assign(peers=peers, peer_median=med.where(peers >= p.min_peers))
+    nights["threshold"] = np.maximum(
+        p.min_flow_m3h, nights["peer_median"].fillna(0.0) * p.peer_ratio
+    )
+    nights["leaking"] = nights["night_min"] >= nights["threshold"]
+
+    # Runs of consecutive leaking nights.
+    fl = nights[nights["leaking"]].sort_values(["meter_id", "night"], kind="stable")
+    new = (fl["meter_id"] != fl["meter_id"].shift()) | (
+        (fl["night"] - fl["night"].shift()).dt.days != 1
+    )
+    fl = fl.assign(run=new.cumsum())
+    ep = fl.groupby("run", sort=True).agg(
+        subject=("meter_id", "first"),
+        start=("start", "first"),
+        end=("end", "last"),
+        n=("night", "size"),
+        low=("night_min", "min"),
+        peer_median=("peer_median", "first"),
+    )
+    ep = ep[ep["n"] >= p.nights]
+    excess = ep["low"] - ep["peer_median"].fillna(0.0)
+    critical = (ep["n"] >= p.critical_nights) | (excess >= p.critical_flow_m3h)
+    night_f = ep.assign(
+        rule="leak.night_minimum", severity=np.where(critical, "critical", "warning")
+    )
+
+    # Runs of flow at or above the meter's highest night threshold.
+    limit = nights.groupby("meter_id").agg(
+        threshold=("threshold", "max"), peer_median=("peer_median", "max")
+    )
+    df = flows.join(limit, on="meter_id")
+    df["threshold"] = df["threshold"].fillna(p.min_flow_m3h)
+    flag = (df["flow"] >= df["threshold"]).to_numpy()
+    same = (df["meter_id"] == df["meter_id"].shift()).to_numpy()
+    prev = np.concatenate(([False], flag[:-1]))
+    df = df.assign(run=np.cumsum(flag & ~(prev & same)))[flag]
+    cont = df.groupby("run", sort=True).agg(
+        subject=("meter_id", "first"),
+        start=("ts", "first"),
+        end=("ts", "last"),
+        low=("flow", "min"),
+        peer_median=("peer_median", "first"),
+    )
+    cont = cont[(cont["end"] - cont["start"]).dt.total_seconds() / 3600 >= p.continuous_hours]
+    score = cont["low"] - cont["peer_median"].fillna(0.0)
+    cont = cont.assign(
+        rule="leak.continuous_flow",
+        severity=np.where(
+            score >= p.critical_flow_m3h, "critical", np.where(score >= 0.0, "warning", "info")
+        ),
+    )
+    cols = ["subject", "rule", "start", "end", "severity"]
+    out = pd.concat([night_f[cols], cont[cols]], ignore_index=True).assign(kind="leak")
+    return out.sort_values(["subject", "start", "rule"], kind="stable").reset_index(drop=True)
+
+
+def _no_findings() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "subject": pd.Series(dtype=object),
+            "rule": pd.Series(dtype=object),
+            "start": pd.Series(dtype="datetime64[us, UTC]"),
+            "end": pd.Series(dtype="datetime64[us, UTC]"),
+            "severity": pd.Series(dtype=object),
+            "kind": pd.Series(dtype=object),
+        }
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     intervals: pd.DataFrame
@@ -763,5 +911,9 @@ class Result:
 
 
 def run_pass(readings: pd.DataFrame, led: Ledger) -> Result:
+    """Consumption, counter-event and leak findings, rollups."""
     intervals, events = consumption(readings, led)
-    return Result(intervals, events, event_findings(events), rollups(intervals, led))
+    findings = pd.concat(
+        [event_findings(events), detect_leak(readings, intervals, led)], ignore_index=True
+    )
+    return Result(intervals, events, findings, rollups(intervals, led))

@@ -16,22 +16,23 @@ Measured, each implementation in its own subprocess (so peak RSS is its own):
   polars       `analytics.pipeline.run_pass`: consumption, every detector (leak, usage, stuck,
                comm loss, electrical, balance, equipment), counter-event findings and rollups
                (15 min, hour, local day, local month per meter, building and project)
-  polars-same  run_pass's steps without the detectors: the stages pandas implements
-  pandas       `bench.analytics_pandas.run_pass`: the same consumption rules, the same rollups
-               and the counter-event findings, in pandas/numpy (groupby, no loop over meters)
+  polars-same  run_pass's steps with the leak detector only: the stages pandas implements
+  pandas       `bench.analytics_pandas.run_pass`: the same consumption rules, the same rollups,
+               the counter-event findings and the leak detector, in pandas/numpy (groupby, no
+               loop over meters)
 The throughput and memory ratios against pandas are taken on the same stages (polars-same);
 the absolute goals (readings/s, memory against the input) on the full pass.
 Timed: from the readings frame in memory to every output frame (Parquet loading excluded).
-Memory: peak RSS of the worker (`ru_maxrss`) minus its RSS after imports (the baseline);
+Memory: peak RSS of the worker (sampled, and `ru_maxrss`) minus its RSS after imports;
 the input's in-memory size is the readings frame's `estimated_size()`.
 
 The outputs are then compared (consumption total, interval count and estimated count per
 stream; every rollup bucket's consumption; counter events by (meter, channel, ts, event);
-counter-event findings) within a relative tolerance of 1e-9; any disagreement exits non-zero.
-Detectors other than the counter-event findings (leak, stuck, comm loss, electrical, balance,
-usage, equipment) run in the Polars pass and are timed, but have no pandas counterpart, so the
-comparison does not cover them. Meters without a building count under a building "(none)" of
-their project in both (see `rollup_meters`).
+counter-event and leak findings by subject, rule, start, end and severity) within a relative
+tolerance of 1e-9; any disagreement exits non-zero. The other detectors (usage, stuck, comm
+loss, electrical, balance, equipment) run in the Polars pass and are timed, but have no pandas
+counterpart, so the comparison does not cover them. Meters without a building count under a
+building "(none)" of their project in both (see `rollup_meters`).
 
     .venv/bin/python -m bench.analytics_pass [--meters 1000] [--intervals 10000] [--repeat 2]
     .venv/bin/python -m bench.analytics_pass --profile    # Polars per-stage time and memory
@@ -81,6 +82,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
 SEED = 6
 TOLERANCE = 1e-9
+# Findings the pandas reference implements, by rule prefix.
+COMPARED_RULES = ("counter.", "leak.")
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -219,7 +222,7 @@ def polars_stages() -> list[tuple[str, Callable[..., pl.DataFrame]]]:
 def polars_worker(ds: Dataset, out: Path, profile: bool, detectors: bool = True) -> dict[str, Any]:
     """`run_pass` (consumption, every detector, counter-event findings, rollups); with
     `profile` its steps one by one, timed; without `detectors` only the stages the pandas
-    reference implements (consumption, counter-event findings, rollups), step by step."""
+    reference implements (consumption, leak, counter-event findings, rollups), step by step."""
     profile = profile or not detectors
     base = rss_mb()  # the interpreter with the libraries imported
     readings, raw_meters, weather = load(ds)
@@ -247,7 +250,9 @@ def polars_worker(ds: Dataset, out: Path, profile: bool, detectors: bool = True)
         counted = consumption(frame, meters)
         lap("consumption")
         parts = []
-        for name, fn in polars_stages() if detectors else []:
+        for name, fn in polars_stages():
+            if not detectors and name != "leak":
+                continue
             parts.append(fn(frame, counted.intervals, meters, weather))
             lap(f"detect {name}")
         parts.append(pipeline.event_findings(counted.events))
@@ -433,10 +438,14 @@ def compare(polars_out: Outputs, pandas_out: Outputs, quiet: bool = False) -> li
         f" {only_a.height + only_b.height} differ",
         flush=True,
     )
-    fk = ["subject", "kind", "start", "severity"]
+    fk = ["subject", "rule", "kind", "start", "end", "severity"]
     fa = (
         read(polars_dir, "findings")
-        .filter(pl.col("rule").str.starts_with("counter."))
+        .filter(
+            pl.col("rule")
+            .str.starts_with(pl.lit(COMPARED_RULES[0]))
+            .or_(*[pl.col("rule").str.starts_with(pl.lit(r)) for r in COMPARED_RULES[1:]])
+        )
         .select(*fk)
         .with_columns(pl.col("kind", "severity").cast(pl.String))
     )
@@ -444,13 +453,14 @@ def compare(polars_out: Outputs, pandas_out: Outputs, quiet: bool = False) -> li
     fa_only, fb_only = fa.join(fb, on=fk, how="anti"), fb.join(fa, on=fk, how="anti")
     if fa_only.height or fb_only.height:
         problems.append(
-            f"counter findings: {fa_only.height} only in polars, {fb_only.height} only in pandas"
+            f"findings: {fa_only.height} only in polars, {fb_only.height} only in pandas:\n"
+            f"{fa_only.head(5)}\n{fb_only.head(5)}"
         )
     all_findings = read(polars_dir, "findings")
     rules = all_findings.group_by("rule").len().sort("rule").rows()
     say(
-        f"  counter-event findings: {fa.height:,}; {fa_only.height + fb_only.height} differ"
-        f" (all polars findings: {', '.join(f'{r} {n}' for r, n in rules)})",
+        f"  counter-event and leak findings: {fa.height:,}; {fa_only.height + fb_only.height}"
+        f" differ (all polars findings: {', '.join(f'{r} {n}' for r, n in rules)})",
         flush=True,
     )
     return problems
@@ -564,7 +574,7 @@ def main() -> None:
     )
     if "pandas" in best:
         print(
-            f"same stages (consumption + counter-event findings + rollups):"
+            f"same stages (consumption + leak + counter-event findings + rollups):"
             f" polars {rate('polars-same'):,.0f} readings/s, {mem('polars-same'):,.0f} MB;"
             f" pandas {rate('pandas'):,.0f} readings/s, {mem('pandas'):,.0f} MB"
             f" (its input {best['pandas']['input_mb']:,.0f} MB)"
@@ -580,7 +590,7 @@ def main() -> None:
             f" {rate('polars') / rate('pandas'):.2f}x the pandas throughput,"
             f" {mem('polars') / mem('pandas'):.2f}x its memory)"
         )
-        print("agreement (consumption, rollups, counter events, counter-event findings):")
+        print("agreement (consumption, rollups, counter events, counter-event and leak findings):")
         problems = compare(read_outputs(args.work / "polars"), read_outputs(args.work / "pandas"))
         if problems:
             for p in problems:

@@ -1,6 +1,7 @@
 """The analytics benchmark's pandas reference (bench/analytics_pandas.py) and the Polars pipeline
 agree on small simulated fleets, so the benchmark compares two implementations of the same
-logic: consumption per stream, every rollup bucket, counter events and counter-event findings.
+logic: consumption per stream, every rollup bucket, counter events, counter-event findings and
+leak findings.
 
 The data: the small residential scenario with random faults of every kind (rollovers, resets,
 replacements, bad zeros, NaN reads, outages, clock drift ...), all channels, 7 days at
@@ -17,6 +18,9 @@ import polars as pl
 import pytest
 
 from analytics.consumption import consumption
+from analytics.detectors import detect_leak
+from analytics.detectors.common import concat_findings
+from analytics.frames import readings_frame
 from analytics.pipeline import event_findings
 from analytics.rollups import rollup
 from bench import analytics_pandas as ap
@@ -28,15 +32,16 @@ from simulators.scenario import parse_scenario, plan
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def polars_outputs(readings: pl.DataFrame, meters: pl.DataFrame) -> Outputs:
-    counted = consumption(readings, meters)
-    rolled = rollup(
-        counted.intervals.filter(pl.col("consumption").is_not_null()), rollup_meters(meters)
-    )
+def polars_outputs(readings: pl.DataFrame, raw_meters: pl.DataFrame) -> Outputs:
+    meters = rollup_meters(raw_meters)
+    frame = readings_frame(readings).collect()
+    counted = consumption(frame, meters)
+    rolled = rollup(counted.intervals.filter(pl.col("consumption").is_not_null()), meters)
+    leaks = detect_leak(frame, counted.intervals, meters)
     return {
         "intervals": counted.intervals,
         "events": counted.events,
-        "findings": event_findings(counted.events),
+        "findings": concat_findings([leaks, event_findings(counted.events)]),
         "rollups": rolled,
     }
 
@@ -61,6 +66,7 @@ def test_reference_agrees_on_a_faulty_simulated_fleet(seed: int) -> None:
     # The data exercises the rules the comparison is about.
     kinds = set(a["events"]["event"].cast(pl.String).unique())
     assert {"rollover", "reset", "replacement", "bad_read", "gap"} <= kinds
+    assert a["findings"].filter(pl.col("rule").str.starts_with("leak.")).height > 0
     assert a["intervals"].height > 10_000
     assert compare(a, b, quiet=True) == []
 
