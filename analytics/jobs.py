@@ -721,7 +721,7 @@ def intraday_tick(ctx: TickContext) -> TickOutcome:
     # Rollups belong to the daily job; equipment findings too (dropped below by rule).
     result = pipeline.run_pass(
         readings, meters, weather=_weather(readings, meters),
-        params=pipeline.PassParams(rollups=False),
+        params=pipeline.PassParams(rollups=False, equipment_warnings=False),
     )  # fmt: skip
 
     # An interval belongs to the tick whose window holds its closing reading (its `end`): the

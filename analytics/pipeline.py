@@ -60,6 +60,7 @@ class PassParams:
     balance: BalanceParams = field(default_factory=BalanceParams)
     equipment: EquipmentParams = field(default_factory=EquipmentParams)
     rollups: bool = True  # the scheduled intraday tick refreshes rollups on its own cadence
+    equipment_warnings: bool = True  # day-scale trends: the scheduled daily job's, not intraday
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,9 @@ def run_pass(
         detect_comm_loss(frame, intervals, meters, params=p.comm_loss, weather=weather),
         detect_electrical(frame, intervals, meters, params=p.electrical),
         detect_balance(frame, intervals, meters, params=p.balance),
-        detect_equipment(frame, intervals, meters, params=p.equipment),
+        detect_equipment(frame, intervals, meters, params=p.equipment)
+        if p.equipment_warnings
+        else pl.DataFrame(schema=FINDINGS_SCHEMA),
         event_findings(counted.events),
     ]
     rollups = rollup(intervals, meters) if p.rollups else rollup(intervals.clear(), meters)

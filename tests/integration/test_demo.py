@@ -61,6 +61,7 @@ def test_smoke_passes_with_no_services_configured(tmp_path: Path, broker: str) -
     assert "smoke: fleet: 94 Modbus meters, 2 MQTT meters" in out
     # The gateway agent polled the served fleet, and ingest stored what it forwarded.
     assert re.search(r"smoke: gateways: \d+ meters' readings stored through 1 gateway\(s\)", out)
+    assert re.search(r"smoke: analytics: \d+ ticks in \d+ steps", out)
     assert "smoke: all parts answer" in out
     assert processes_using(data_dir) == []
 
