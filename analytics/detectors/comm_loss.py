@@ -181,11 +181,20 @@ def _silence(df: pl.DataFrame, t_end: float, params: CommLossParams) -> pl.DataF
         .otherwise(pl.col("prev_t"))
         .alias("prev_t")
     ).drop("first_t")
+    rows_end = df.group_by("_stream").agg(pl.col("_row").max().alias("last_row"))
     tails = (
         resp.group_by("_stream", maintain_order=True)
         .agg(pl.all().last())
+        .join(rows_end, on="_stream", how="left")
         .with_columns(pl.col("t").alias("prev_t"), pl.lit(end_s).alias("t"))
         .with_columns(pl.col("t") + pl.col("cadence"))  # the tail ends after the last instant
+        # a stream whose last answer carried a drifting clock's stamp: only lost rows count
+        .with_columns(
+            pl.when(pl.col("clock"))
+            .then(pl.col("last_row") - pl.col("_row"))
+            .cast(pl.Float64)
+            .alias("explicit")
+        )
     )
     # Streams that never answered: silent from their first row to the end.
     never = (
@@ -213,7 +222,7 @@ def _silence(df: pl.DataFrame, t_end: float, params: CommLossParams) -> pl.DataF
     allg = pl.concat(
         [
             gaps.select(cols),
-            tails.with_columns(nothing).select(cols),
+            tails.select(cols),
             never.with_columns(nothing).select(cols),
         ]
     )

@@ -27,7 +27,7 @@ them) and compared with what that meter uses in the same local hour:
    left on add eight and more. Water is held to forty (two hours at twenty times the usual
    rate): its use is bursty by nature. A rise lasting more than `max_hours` is a change of
    level (a leak - the leak detector's -, a new tenant), not a spike;
-4. **common mode**: an hour in which at least `common_share` of the meter's peers (same
+4. **common mode**: an hour in which more than `common_share` of the meter's peers (same
    project and load) also rose `spike_ratio` above their baselines is not a spike of this
    meter - a hot afternoon starting every chiller in the building, a holiday. The evidence
    gives the share. Loads that follow the weather more than the clock (`weather_driven_loads`:
@@ -95,10 +95,11 @@ class UsageParams:
     residual_clip: float = 3.0  # sigmas: what the weather slope may learn from one hour
     critical_excess_factor: float = 3.0  # critical: this many times the excess required
     # Common mode: when at least this share of a meter's peers (same project and load, at
-    # least `min_peers` of them) rise above `spike_ratio` in the same hour, the weather or the
+    # least `min_peers` of them, the meter included) rise above `spike_ratio` in the same hour
+    # (more than half: both of two HVAC units, not one of them), the weather or the
     # calendar did it, not the meter.
     common_share: float = 0.5
-    min_peers: int = 3
+    min_peers: int = 2
     # Loads that follow the weather more than the clock (an HVAC plant's compressor stages
     # switch in on hot afternoons): judged for spikes only against a same-hour-of-week
     # baseline (weeks of history), never against the same hour of other days.
@@ -361,7 +362,7 @@ def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
         )
         .agg(pl.len().alias("peers"), pl.col("_up").mean().alias("peers_up"))
     )
-    common = (pl.col("peers") >= params.min_peers) & (pl.col("peers_up") >= params.common_share)
+    common = (pl.col("peers") >= params.min_peers) & (pl.col("peers_up") > params.common_share)
     short = (pl.col("baseline") != "same_hour_of_week") & pl.col("load").is_in(
         list(params.weather_driven_loads)
     ).fill_null(False)

@@ -166,3 +166,15 @@ def test_two_lost_polls_a_few_polls_apart_are_intermittent() -> None:
     out = detect_comm_loss(polls("m1", q), None, M)
     assert out.get_column("rule").to_list() == ["comm_loss.intermittent"]
     assert json.loads(out.item(0, "evidence"))["lost_polls"] == 2
+
+
+def test_a_meter_whose_clock_runs_behind_is_not_silent_at_the_end() -> None:
+    """Its last stamps lag the other meters' by 25 minutes: late clocks, not lost polls."""
+    behind = readings(
+        "m1",
+        "power_w",
+        [t - dt.timedelta(minutes=25) for t in grid(20)],
+        [1.0] * 20,
+        ["clock_suspect"] * 20,
+    )
+    assert detect_comm_loss(pl.concat([behind, polls("m2", ["good"] * 20)]), None, M).height == 0
