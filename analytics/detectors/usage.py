@@ -32,7 +32,8 @@ them) and compared with what that meter uses in the same local hour:
    meter - a hot afternoon starting every chiller in the building, a holiday. The evidence
    gives the share. Loads that follow the weather more than the clock (`weather_driven_loads`:
    HVAC) are judged for spikes only once there are weeks of history for a same-hour-of-week
-   baseline: the same hour of other days cannot tell a hot afternoon from a fault.
+   baseline (the same hour of other days cannot tell a hot afternoon from a fault), and not in
+   an hour when another unit of the same project rose too.
 
 Rules `spike.same_hour_of_week` / `spike.same_hour_of_day` and `drop.*` name the baseline used.
 """
@@ -360,9 +361,17 @@ def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
             "channel",
             "hour",
         )
-        .agg(pl.len().alias("peers"), pl.col("_up").mean().alias("peers_up"))
+        .agg(
+            pl.len().alias("peers"),
+            pl.col("_up").mean().alias("peers_up"),
+            pl.col("_up").sum().alias("peers_risen"),
+        )
     )
-    common = (pl.col("peers") >= params.min_peers) & (pl.col("peers_up") > params.common_share)
+    weather_driven = pl.col("load").is_in(list(params.weather_driven_loads)).fill_null(False)
+    # weather-driven units (one plant's chillers) rising with any other unit: the weather
+    common = (
+        (pl.col("peers") >= params.min_peers) & (pl.col("peers_up") > params.common_share)
+    ) | (weather_driven & (pl.col("peers_risen") >= 2))
     short = (pl.col("baseline") != "same_hour_of_week") & pl.col("load").is_in(
         list(params.weather_driven_loads)
     ).fill_null(False)
@@ -416,6 +425,7 @@ def _findings(scored: pl.DataFrame, kind: str, params: UsageParams) -> pl.DataFr
             pl.col("n").min().alias("n"),
             pl.col("peers").max().alias("peers"),
             pl.col("peers_up").max().alias("peers_up"),
+            pl.col("peers_risen").max().alias("peers_risen"),
             pl.col("mean_hour").first(),
             (pl.col("use") - pl.col("expected")).sum().alias("excess"),
             (pl.col("scale") ** 2).sum().sqrt().alias("sigma"),
@@ -481,6 +491,7 @@ def _findings(scored: pl.DataFrame, kind: str, params: UsageParams) -> pl.DataFr
                 "mean_hour": row["mean_hour"],
                 "peers": row["peers"],
                 "peers_elevated_share": row["peers_up"],
+                "peers_risen": row["peers_risen"],
                 "detected_at": iso(row["detected_at"] + _HOUR),
                 "params": settings,
             }

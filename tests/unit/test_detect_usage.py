@@ -188,3 +188,17 @@ def test_peers_rising_together_is_not_a_spike_of_one_of_them() -> None:
     out = detect_usage(None, alone, m)
     assert out.get_column("subject").to_list() == ["c1"]
     assert json.loads(out.item(0, "evidence"))["peers_elevated_share"] == 0.25
+
+
+def test_two_hvac_units_rising_together_is_the_weather() -> None:
+    ids = ["c1", "c2", "c3", "c4"]
+    at = {24 * 15 + 13: 6.0, 24 * 15 + 14: 6.0}
+    two = pl.concat(
+        [
+            series(24 * 21, extra=at if i in ("c1", "c2") else {}).with_columns(meter_id=pl.lit(i))
+            for i in ids
+        ]
+    )
+    assert detect_usage(None, two, meters(ids, load="hvac", zone="UTC")).height == 0
+    # households are many: two flats up at once are two findings
+    assert detect_usage(None, two, meters(ids, load="household", zone="UTC")).height == 2
