@@ -166,7 +166,7 @@ def rollup_meters(meters: pl.DataFrame) -> pl.DataFrame:
     """Meters for both pipelines: a meter without a building (557 of the 1,000 here, e.g.
     office floors) counts under a building named "(none)" of its project, so the pandas
     reference (whose group-bys drop null keys) and the Polars rollups group the same way.
-    (`analytics.rollups` before 035d93d dropped such meters and then failed.)"""
+    (`analytics.rollups` before 6b1b6cb dropped such meters and failed; it now uses "".)"""
     return meters.with_columns(pl.col("building").fill_null("(none)"))
 
 
