@@ -108,7 +108,10 @@ def run_pass(
         else pl.DataFrame(schema=FINDINGS_SCHEMA),
         event_findings(counted.events),
     ]
-    rollups = rollup(intervals, meters) if p.rollups else rollup(intervals.clear(), meters)
+    # An interval across an unexplained drop has no value: it is not summed into any bucket
+    # (the bucket's coverage shows the hole).
+    valued = intervals.filter(pl.col("consumption").is_not_null())
+    rollups = rollup(valued if p.rollups else valued.clear(), meters)
     return PassResult(intervals, counted.events, concat_findings(parts), rollups)
 
 
