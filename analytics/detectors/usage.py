@@ -105,6 +105,7 @@ class UsageParams:
     # switch in on hot afternoons): judged for spikes only against a same-hour-of-week
     # baseline (weeks of history), never against the same hour of other days.
     weather_driven_loads: tuple[str, ...] = ("hvac",)
+    dormant_hours: int = 24  # a spell without any use this long is left out of baselines
 
 
 def detect_usage(
@@ -182,15 +183,15 @@ def _hourly(consumption: pl.DataFrame, meters: pl.DataFrame, params: UsageParams
 
 
 def _with_stats(df: pl.DataFrame, by: list[str], prefix: str) -> pl.DataFrame:
-    """Median, MAD and count of `use` per group `by`, joined back (group-bys and joins: a MAD
-    as nested window expressions is many times slower on big frames)."""
+    """Median, MAD and count of `_base` (use outside dormant spells) per group `by`, joined
+    back (group-bys and joins: a MAD as nested window expressions is many times slower)."""
     med = df.group_by(by).agg(
-        pl.col("use").median().alias(f"{prefix}_median"),
-        pl.col("use").count().alias(f"{prefix}_n"),
+        pl.col("_base").median().alias(f"{prefix}_median"),
+        pl.col("_base").count().alias(f"{prefix}_n"),
     )
     df = df.join(med, on=by, how="left")
     mad = (
-        df.select(*by, (pl.col("use") - pl.col(f"{prefix}_median")).abs().alias("_dev"))
+        df.select(*by, (pl.col("_base") - pl.col(f"{prefix}_median")).abs().alias("_dev"))
         .group_by(by)
         .agg(pl.col("_dev").median().alias(f"{prefix}_mad"))
     )
@@ -200,11 +201,24 @@ def _with_stats(df: pl.DataFrame, by: list[str], prefix: str) -> pl.DataFrame:
 def _baselines(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
     """The baseline of each hour: same hour of week, else same hour of day and kind of day,
     else same hour of day; `baseline` names it, `median`, `mad`, `n` give it."""
-    df = _with_stats(hourly, ["_kw"], "w")
+    # Dormant spells - a day or more without any use (a vacant flat, a meter that stopped
+    # counting, a CT reversed so the import register stands still) - are not the meter's
+    # normal: in a baseline they would make every ordinary day before them look like a spike.
+    df = hourly.sort("_k", "hour")
+    zero = pl.col("use") <= 0
+    k = pl.col("_k")
+    new = zero & ~(zero.shift(1, fill_value=False) & (k == k.shift(1)).fill_null(False))
+    df = df.with_columns(new.cast(pl.UInt32).cum_sum().alias("_z"))
+    spell = pl.when(zero).then(zero.cast(pl.Int64).sum().over("_z"))
+    dormant = (spell >= params.dormant_hours).fill_null(False)
+    df = df.with_columns(pl.when(dormant).then(None).otherwise(pl.col("use")).alias("_base")).drop(
+        "_z"
+    )
+    df = _with_stats(df, ["_kw"], "w")
     df = _with_stats(df, ["_kk"], "k")
     df = _with_stats(df, ["_kd"], "d")
     df = df.join(
-        df.group_by("_k").agg(pl.col("use").mean().alias("mean_hour")), on="_k", how="left"
+        df.group_by("_k").agg(pl.col("_base").mean().alias("mean_hour")), on="_k", how="left"
     )
     week = pl.col("w_n") >= params.min_weeks
     kind = pl.col("k_n") >= params.min_days
@@ -243,7 +257,7 @@ def _baselines(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
         pl.col("mean_hour").abs() * params.abs_floor_share,
     )
     return df.with_columns(scale.alias("scale")).drop(
-        "w_median", "w_mad", "w_n", "k_median", "k_mad", "k_n", "d_median", "d_mad", "d_n"
+        "w_median", "w_mad", "w_n", "k_median", "k_mad", "k_n", "d_median", "d_mad", "d_n", "_base"
     )
 
 

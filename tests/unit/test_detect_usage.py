@@ -202,3 +202,12 @@ def test_two_hvac_units_rising_together_is_the_weather() -> None:
     assert detect_usage(None, two, meters(ids, load="hvac", zone="UTC")).height == 0
     # households are many: two flats up at once are two findings
     assert detect_usage(None, two, meters(ids, load="household", zone="UTC")).height == 2
+
+
+def test_days_before_a_dormant_spell_are_not_spikes() -> None:
+    """The import register stands still from day 10 (a CT reversed, a flat left empty): the
+    ordinary days before are not spikes against a baseline full of zeros."""
+    n = 24 * 21
+    gone = {h: -profile(hours(n)[h], h) for h in range(24 * 10, n)}
+    out = detect_usage(None, series(n, extra=gone), M)
+    assert out.filter(pl.col("kind") == "spike").height == 0
