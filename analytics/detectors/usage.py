@@ -152,7 +152,7 @@ def _hourly(consumption: pl.DataFrame, meters: pl.DataFrame, params: UsageParams
         .group_by(
             pl.col("meter_id").cast(pl.String),
             pl.col("channel").cast(pl.String),
-            pl.col("start").dt.truncate("1h").alias("hour"),
+            _hour_of(pl.col("start")).alias("hour"),
         )
         .agg(pl.col("consumption").sum().alias("use"))
         .join(info, on="meter_id", how="left")
@@ -180,6 +180,13 @@ def _hourly(consumption: pl.DataFrame, meters: pl.DataFrame, params: UsageParams
         )
         .drop("_m", "_c")
     )
+
+
+def _hour_of(ts: pl.Expr) -> pl.Expr:
+    """The UTC hour an instant falls in, by integer arithmetic on the stored microseconds
+    (`dt.truncate` on zoned timestamps costs several times as much)."""
+    hour_us = 3_600_000_000
+    return ((ts.dt.epoch("us") // hour_us) * hour_us).cast(TS)
 
 
 def _with_stats(df: pl.DataFrame, by: list[str], prefix: str) -> pl.DataFrame:
@@ -277,9 +284,7 @@ def _weather_adjusted(
         return plain
     temps = (
         weather.filter(pl.col("temperature_c").is_not_null())
-        .group_by(
-            pl.col("project").cast(pl.String), pl.col("ts").cast(TS).dt.truncate("1h").alias("hour")
-        )
+        .group_by(pl.col("project").cast(pl.String), _hour_of(pl.col("ts").cast(TS)).alias("hour"))
         .agg(pl.col("temperature_c").mean())
     )
     df = hourly.join(temps, on=["project", "hour"], how="left")
