@@ -244,17 +244,18 @@ def _energy(
             .join(units.lazy().select("meter_id", "time_zone"), on="meter_id")
             .collect()
         )
+        c = c.with_columns(day=common.local_time("ts", "time_zone", zones).dt.date())
     else:
         reg = _stream(readings, "energy_import_kwh", units, zones)
         same = pl.col("_stream") == pl.col("_stream").shift(1)
+        # The interval ends at this reading; its energy belongs to the (local) day it started
+        # in: the previous reading's.
         c = reg.with_columns(
             kwh=pl.when(same).then(pl.col("value").diff()),
             hours=pl.when(same).then(pl.col("ts").diff().dt.total_seconds() / 3600.0),
+            day=pl.col("day").shift(1),
         ).filter((pl.col("kwh") >= 0) & (pl.col("hours") > 0))
-        # The interval ends at this reading; its energy belongs to the day it started in.
-        c = c.with_columns(ts=pl.col("ts") - pl.duration(seconds=pl.col("hours") * 3600.0))
-    local = common.local_time("ts", "time_zone", zones)
-    return c.group_by("meter_id", local.dt.date().alias("day")).agg(
+    return c.group_by("meter_id", "day").agg(
         pl.col("kwh").sum().alias("energy_kwh"), pl.col("hours").sum().alias("energy_hours")
     )
 
@@ -290,11 +291,16 @@ def daily_figures(
     if power.is_empty():
         return pl.DataFrame(schema=_DAILY_SCHEMA)
     v = pl.col("value")
-    power = power.with_columns(
-        off=v.quantile(p.low_quantile).over("_stream"),
-        on=v.quantile(p.high_quantile).over("_stream"),
-        step=pl.col("ts").diff().over("_stream").median().over("_stream"),
+    # Per-unit levels, cadence and the last day of the first half of its days: one group-by
+    # joined back (cheaper than window expressions over millions of rows).
+    days = pl.col("day").unique().sort()
+    per_unit = power.group_by("_stream").agg(
+        off=v.quantile(p.low_quantile),
+        on=v.quantile(p.high_quantile),
+        step=pl.col("ts").diff().median(),
+        half_day=days.gather((days.len() + 1) // 2 - 1),
     )
+    power = power.join(per_unit, on="_stream", how="left", maintain_order="left")
     swing = pl.col("on") - pl.col("off")
     running = (swing >= p.min_swing_w) & (v > pl.col("off") + p.on_fraction * swing)
     same = (pl.col("_stream") == pl.col("_stream").shift(1)).fill_null(value=False)
@@ -307,10 +313,15 @@ def daily_figures(
     # them is judged on the first half of the days, per unit: an hour whose runs are mostly a
     # single reading (or missed between readings) is left out of the cycle figures, so a night
     # of sub-minute runs aliasing against one-minute polling does not pass for short-cycling.
-    power = power.with_columns(_run=pl.col("start").cum_sum()).with_columns(
-        single=pl.col("start") & (pl.col("running").sum().over("_run") == 1),
-        first_half=pl.col("day").rank("dense").over("_stream")
-        <= (pl.col("day").n_unique().over("_stream") + 1) // 2,
+    # A run is a single reading when the next reading does not continue it.
+    continued = (
+        pl.col("running").shift(-1)
+        & (pl.col("_stream").shift(-1) == pl.col("_stream"))
+        & ((pl.col("ts").shift(-1) - pl.col("ts")) <= p.max_gap)
+    ).fill_null(value=False)
+    power = power.with_columns(
+        single=pl.col("start") & ~continued,
+        first_half=pl.col("day") <= pl.col("half_day").list.first(),
     )
     hours = (
         power.filter(pl.col("start") & pl.col("first_half"))
