@@ -67,6 +67,12 @@ class BalanceParams:
         }
 
 
+def _exact_sum(x: pl.Expr) -> pl.Expr:
+    """Sum in whole micro-kWh: integer sums do not depend on the order a parallel group-by adds
+    them in, so the same consumption gives the same bits in any row order."""
+    return (x * 1e6).round().cast(pl.Int64).sum() / 1e6
+
+
 def _tree(meters: pl.DataFrame | None) -> pl.DataFrame:
     if meters is None or "parent_meter_id" not in meters.columns:
         return pl.DataFrame(schema={"meter_id": pl.String, "parent": pl.String})
@@ -170,7 +176,7 @@ def balance_windows(
         src.with_columns(window=pl.col("start").dt.truncate(p.window))
         .group_by("meter_id", "window")
         .agg(
-            pl.col("consumption").sum().alias("kwh"),
+            _exact_sum(pl.col("consumption")).alias("kwh"),
             (pl.col("end") - pl.col("start")).dt.total_seconds().sum().alias("covered_s"),
         )
         .filter(pl.col("covered_s") >= p.min_coverage * span)
@@ -180,7 +186,7 @@ def balance_windows(
     subs = (
         per.join(tree, on="meter_id")
         .group_by("parent", "window")
-        .agg(pl.col("kwh").sum().alias("subs_kwh"), pl.len().alias("subs"))
+        .agg(_exact_sum(pl.col("kwh")).alias("subs_kwh"), pl.len().alias("subs"))
         .join(children, on="parent")
         .filter(pl.col("subs") == pl.col("children"))
     )
@@ -253,8 +259,8 @@ def detect_balance(
             pl.col("window").min().alias("start"),
             (pl.col("window").max() + p.window).alias("end"),
             pl.len().alias("windows"),
-            pl.col("main_kwh").sum().alias("main_total"),
-            pl.col("subs_kwh").sum().alias("subs_total"),
+            _exact_sum(pl.col("main_kwh")).alias("main_total"),
+            _exact_sum(pl.col("subs_kwh")).alias("subs_total"),
             pl.col("subs").first(),
             pl.struct("window", "main_kwh", "subs_kwh").sort_by("window").alias("series"),
         )

@@ -235,7 +235,10 @@ def _ct_reversal(wide: pl.DataFrame, generation: pl.Series, p: ElectricalParams)
         aggs=[
             *(pl.col(c).min().alias(f"min_{c}") for c in _POWER),
             *((pl.col(c) < thr).sum().alias(f"neg_{c}") for c in _POWER),
-            pl.col("_exp_d").clip(lower_bound=0.0).sum().alias("export_kwh"),
+            # whole micro-kWh: an integer sum is the same in any order the group-by adds it
+            (
+                (pl.col("_exp_d").clip(lower_bound=0.0) * 1e6).round().cast(pl.Int64).sum() / 1e6
+            ).alias("export_kwh"),
         ],
     )
     runs = _sustained(runs, p.min_duration, p.min_readings).sort("meter_id", "start")

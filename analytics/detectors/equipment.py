@@ -168,6 +168,12 @@ _DAILY_FIELDS: dict[str, frames.DType] = {
 _DAILY_SCHEMA: Final = pl.Schema(_DAILY_FIELDS)
 
 
+def _exact_sum(x: pl.Expr, per_unit: float) -> pl.Expr:
+    """Sum of `x` in whole 1/`per_unit` steps: integer sums do not depend on the order a parallel
+    group-by adds them in, so the same readings give the same bits in any row order."""
+    return (x * per_unit).round().cast(pl.Int64).sum() / per_unit
+
+
 def _loads_judging(p: EquipmentParams, figure: str) -> list[str]:
     """The loads whose units are judged on `figure` (a load not in `figures_by_load`: all)."""
     return [load for load in p.loads if figure in p.figures_by_load.get(load, tuple(FIGURES))]
@@ -256,7 +262,8 @@ def _energy(
             day=pl.col("day").shift(1),
         ).filter((pl.col("kwh") >= 0) & (pl.col("hours") > 0))
     return c.group_by("meter_id", "day").agg(
-        pl.col("kwh").sum().alias("energy_kwh"), pl.col("hours").sum().alias("energy_hours")
+        _exact_sum(pl.col("kwh"), 1e6).alias("energy_kwh"),
+        _exact_sum(pl.col("hours"), 3.6e6).alias("energy_hours"),
     )
 
 
@@ -346,11 +353,13 @@ def daily_figures(
         pl.col("running").sum().alias("on_n"),
         (pl.col("start") & res).sum().alias("starts"),
         (pl.col("running") & res).sum().alias("on_resolved"),
-        ((v - pl.col("off")) * step_h).filter(pl.col("running") & res).sum().alias("excess_wh"),
+        _exact_sum(((v - pl.col("off")) * step_h).filter(pl.col("running") & res), 1e3).alias(
+            "excess_wh"
+        ),
         res.any().alias("resolved"),
         v.filter(pl.col("running")).median().alias("on_w"),
         v.filter(~pl.col("running")).median().alias("off_w"),
-        v.mean().alias("mean_w"),
+        (_exact_sum(v, 1e3) / pl.len()).alias("mean_w"),
         (swing.first() >= p.min_swing_w).alias("cycling"),
         pl.col("on").first().alias("on_all"),
         pl.col("off").first().alias("off_all"),
