@@ -7,6 +7,7 @@ import datetime as dt
 import polars as pl
 
 from analytics.pipeline import run_pass
+from tests.support.detector_data import simulated
 
 
 def _meters() -> pl.DataFrame:
@@ -43,3 +44,20 @@ def test_an_unexplained_drop_leaves_a_hole_not_a_crash() -> None:
     assert drops["subject"].to_list() == ["m1"]
     day = out.rollups.filter(level="meter", period="day", channel="energy_import_kwh")
     assert day["consumption"].sum() == 14.0  # the hole is not summed as anything
+
+
+def test_enum_and_string_ids_give_the_same_pass() -> None:
+    """The pass keeps dictionary-encoded ids as they come (memory); strings must give the same
+    bytes out."""
+    estate = simulated(days=3.0)
+    as_enums = run_pass(estate.readings, estate.meters)
+    as_strings = run_pass(
+        estate.readings.with_columns(pl.col("meter_id", "channel", "quality").cast(pl.String)),
+        estate.meters,
+    )
+    assert isinstance(estate.readings.schema["meter_id"], pl.Enum)
+    for name in ("intervals", "events", "findings", "rollups"):
+        a, b = getattr(as_enums, name), getattr(as_strings, name)
+        assert a.height > 0, name
+        assert a.schema == b.schema, name
+        assert a.equals(b), name
