@@ -87,28 +87,19 @@ def detect_stuck(
     [('stuck.related_channel', '02:00', 'warning')]
     """
     del consumption, meters, weather
-    relevant = sorted(set(COUNTERS) | {r for v in RELATED.values() for r, _ in v})
-    # Enum and string columns alike, without casting millions of values to text
-    good = pl.col("quality").is_in(_GOOD) | pl.col("quality").is_null()
-    df = readings.filter(
-        pl.col("channel").is_in(relevant)
-        & pl.col("value").is_not_null()
-        & pl.col("value").is_not_nan()
-        & good
-    ).select("meter_id", "channel", "ts", "value")
-    if df.height == 0:
+    narrow = _narrow(readings)
+    if narrow.height == 0:
         return empty(FINDINGS_SCHEMA)
-    df = df.with_columns(codes("meter_id", df.schema["meter_id"]).alias("_m"))
-    t0 = df.get_column("ts").min()
-    df = df.with_columns(
-        (pl.col("ts").dt.epoch("us") - pl.lit(t0).dt.epoch("us")).floordiv(1_000_000).alias("_s")
-    )
-    counters = df.filter(pl.col("channel").is_in(COUNTERS))
-    flats = _flat_spells(counters, params)
+    channel = (pl.col("_k") // (1 << 32)) % _WIDTH
+    is_counter = channel.is_in(_COUNTER_CODES)
+    counters = narrow.filter(is_counter)
+    flats, counters = _flat_spells(readings, counters, params)
     if flats.height == 0:
         return empty(FINDINGS_SCHEMA)
-    related = _related_rates(df)
+    related = _related_rates(narrow.filter(~is_counter))
+    del narrow
     with_rel = _expected_from_related(flats, related)
+    del related
     found_rel = with_rel.filter(pl.col("rate_channel").is_not_null())
     no_rel = with_rel.filter(pl.col("rate_channel").is_null()).drop(
         "rate_channel", "expected", "mean_rate", "rate_samples"
@@ -117,48 +108,104 @@ def detect_stuck(
     return concat_findings([_related_findings(found_rel, params), _history_findings(hist, params)])
 
 
+# Every channel the rules read, coded by its index here: the readings are brought down to
+# integers once (`_narrow`), and names come back only for the few findings.
+_CHANNELS: Final = tuple(sorted(set(COUNTERS) | {r for v in RELATED.values() for r, _ in v}))
+_WIDTH: Final = len(_CHANNELS)
+_COUNTER_CODES: Final = tuple(_CHANNELS.index(c) for c in COUNTERS)
+_LOW: Final = (1 << 32) - 1
+
+
 def _key(m: pl.Expr, s: pl.Expr) -> pl.Expr:
     return m.cast(pl.Int64) * (1 << 32) + s
 
 
-def _flat_spells(counters: pl.DataFrame, params: StuckParams) -> pl.DataFrame:
-    """Spells where an import register repeats its value: `_m, meter_id, channel, a, b` (the
-    reading where the value was first seen and the last one that still showed it, in seconds
-    since the frame's start), `value`, `polls`, `resolution` (smallest positive step)."""
-    c = codes("channel", counters.schema["channel"])
-    ordered = counters.with_columns(c.alias("_c"))
-    width = int(ordered.get_column("_c").max() or 0) + 1  # type: ignore[arg-type]
-    ordered = ordered.with_columns(
-        (_key(pl.col("_m") * width + pl.col("_c"), pl.col("_s"))).alias("_k")
+def _channel_code(dtype: pl.DataType) -> pl.Expr:
+    """Each row's channel as its index in `_CHANNELS` (null for a channel the rules do not
+    read): for an enum from its category index (no text per row), else one lookup per row."""
+    col = pl.col("channel")
+    if isinstance(dtype, pl.Enum):
+        cats = dtype.categories.to_list()
+        lut = {i: _CHANNELS.index(c) for i, c in enumerate(cats) if c in _CHANNELS}
+        if not lut:
+            return pl.lit(None, pl.Int64)
+        phys = col.to_physical().cast(pl.Int64)
+        return phys.replace_strict(lut, default=None, return_dtype=pl.Int64)
+    names = {c: i for i, c in enumerate(_CHANNELS)}
+    return col.cast(pl.String).replace_strict(names, default=None, return_dtype=pl.Int64)
+
+
+def _narrow(readings: pl.DataFrame) -> pl.DataFrame:
+    """The readings the rules use (their channels, a value, good quality) as three columns:
+    `_row` (the row in `readings`, to fetch names and instants for the few findings), `_k`
+    (stream code - meter code x `_WIDTH` + channel code - in the high 32 bits, seconds since the
+    first such reading in the low 32) and `value`. No text is carried: a wide frame of string
+    keys, copied per step, was most of the detector's memory."""
+    schema = readings.schema
+    # Enum and string columns alike, without casting millions of values to text
+    good = pl.col("quality").is_in(_GOOD) | pl.col("quality").is_null()
+    us = pl.col("ts").dt.epoch("us")
+    return (
+        readings.lazy()
+        .with_row_index("_row")
+        .with_columns(_channel_code(schema["channel"]).alias("_c"))
+        .filter(
+            pl.col("_c").is_not_null()
+            & pl.col("value").is_not_null()
+            & pl.col("value").is_not_nan()
+            & good
+        )
+        .select(
+            "_row",
+            _key(
+                codes("meter_id", schema["meter_id"]) * _WIDTH + pl.col("_c"),
+                (us - us.min()) // 1_000_000,
+            ).alias("_k"),
+            "value",
+        )
+        .collect()
     )
-    if not grouped_in_time(ordered.get_column("_k") // (1 << 32), ordered.get_column("_s")):
-        ordered = ordered.sort("_k", maintain_order=True)
-    same = (pl.col("_k") // (1 << 32)) == (pl.col("_k") // (1 << 32)).shift(1)
-    step = pl.when(same).then(pl.col("value") - pl.col("value").shift(1))
-    ordered = ordered.with_columns(
-        step.alias("step"),
-        pl.when(same).then(pl.col("_s").shift(1)).alias("prev_s"),
+
+
+def _flat_spells(
+    readings: pl.DataFrame, counters: pl.DataFrame, params: StuckParams
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Spells where an import register repeats its value: `_m, _st, meter_id, channel, a, b`
+    (the reading where the value was first seen and the last one that still showed it, in
+    seconds since the frame's start), `end`, `start`, `value`, `polls`, `resolution` (smallest
+    positive step); and `counters` in stream and time order."""
+    stream = counters.get_column("_k") // (1 << 32)
+    if not grouped_in_time(stream, counters.get_column("_k") & _LOW):
+        counters = counters.sort("_k", maintain_order=True)
+    del stream
+    st = pl.col("_k") // (1 << 32)
+    same = st == st.shift(1)
+    stepped = counters.lazy().select(
+        "_row",
+        st.alias("_st"),
+        (pl.col("_k") & _LOW).alias("_s"),
+        "value",
+        pl.when(same).then(pl.col("value") - pl.col("value").shift(1)).alias("step"),
+        pl.when(same).then((pl.col("_k") & _LOW).shift(1)).alias("prev_s"),
+        same.fill_null(False).alias("_same"),
     )
     resolution = (
-        ordered.filter(pl.col("step") > 0)
-        .group_by("_m", "_c")
+        stepped.filter(pl.col("step") > 0)
+        .group_by("_st")
         .agg(pl.col("step").min().alias("resolution"))
     )
     flat = (pl.col("step") == 0).fill_null(False)
-    new = flat & ~(flat.shift(1, fill_value=False) & same.fill_null(False))
+    new = flat & ~(flat.shift(1, fill_value=False) & pl.col("_same"))
     spells = (
-        ordered.with_columns(flat.alias("_flat"), new.fill_null(False).alias("_n"))
+        stepped.with_columns(flat.alias("_flat"), new.fill_null(False).alias("_n"))
         .with_columns(pl.col("_n").cast(pl.UInt32).cum_sum().alias("_run"))
         .filter(pl.col("_flat"))
         .group_by("_run", maintain_order=True)
         .agg(
-            pl.col("_m").first(),
-            pl.col("_c").first(),
-            pl.col("meter_id").first(),
-            pl.col("channel").first(),
+            pl.col("_st").first(),
             pl.col("prev_s").first().alias("a"),
             pl.col("_s").last().alias("b"),
-            pl.col("ts").last().alias("end"),
+            pl.col("_row").last().alias("_last"),
             pl.col("value").first(),
             (pl.len() + 1).alias("polls"),
         )
@@ -168,50 +215,67 @@ def _flat_spells(counters: pl.DataFrame, params: StuckParams) -> pl.DataFrame:
             & (pl.col("polls") >= params.min_polls)
         )
     )
-    return spells.join(resolution, on=["_m", "_c"], how="left").with_columns(
+    found, res = pl.collect_all([spells, resolution])
+    last = found.get_column("_last")
+    found = found.with_columns(
+        (pl.col("_st") // _WIDTH).alias("_m"),
+        readings.get_column("meter_id").gather(last).alias("meter_id"),
+        pl.col("_st")
+        .mod(_WIDTH)
+        .replace_strict(dict(enumerate(_CHANNELS)), return_dtype=pl.String)
+        .alias("channel"),
+        readings.get_column("ts").gather(last).alias("end"),
+    ).drop("_last")
+    out = found.join(res, on="_st", how="left").with_columns(
         (pl.col("end") - pl.duration(seconds=pl.col("b") - pl.col("a"))).alias("start")
     )
+    return out, counters
 
 
-def _related_rates(df: pl.DataFrame) -> pl.DataFrame:
+def _related_rates(rel: pl.DataFrame) -> pl.DataFrame:
     """Per meter, the preferred related channel's rate (counter unit per hour, negatives as 0)
-    and its running integrals at each reading: `_m, rate_channel, _k, rate, integral,
-    integral_left`."""
+    and its running integrals at each reading: `_m, rate_channel` (a `_CHANNELS` index), `_k`,
+    `rate, integral, integral_left`, from the narrow readings of the related channels."""
     names = [r for v in RELATED.values() for r, _ in v]
-    factor = {r: f for v in RELATED.values() for r, f in v}
-    rank = {r: i for i, r in enumerate(dict.fromkeys(names))}
-    rel = df.filter(pl.col("channel").is_in(names))
+    factor = {_CHANNELS.index(r): f for v in RELATED.values() for r, f in v}
+    rank = [_CHANNELS.index(r) for r in dict.fromkeys(names)]
     if rel.height == 0:
         return pl.DataFrame(
             schema={
                 "_m": pl.Int64,
-                "rate_channel": pl.String,
+                "rate_channel": pl.Int64,
                 "_k": pl.Int64,
                 "rate": pl.Float64,
                 "integral": pl.Float64,
                 "integral_left": pl.Float64,
             }
         )
+    stream = pl.col("_k") // (1 << 32)
+    rel = rel.select(
+        (stream // _WIDTH).alias("_m"),
+        (stream % _WIDTH).alias("rate_channel"),
+        (pl.col("_k") & _LOW).alias("_s"),
+        "value",
+    )
     # Each meter's most preferred related channel: per channel, the meters that have it (a
     # unique over integer codes), each channel kept for meters without a preferred one.
     keep = pl.lit(False)
     taken: pl.Series | None = None
-    for name in rank:
-        has = rel.filter(pl.col("channel") == name).get_column("_m").unique()
+    for code in rank:
+        has = rel.filter(pl.col("rate_channel") == code).get_column("_m").unique()
         if has.len() == 0:
             continue
-        mine = pl.col("channel") == name
+        mine = pl.col("rate_channel") == code
         if taken is not None:
             mine = mine & ~pl.col("_m").is_in(taken.implode())
         keep = keep | mine
         taken = has if taken is None else pl.concat([taken, has]).unique()
-    rel = rel.filter(keep)
-    rate = pl.col("value").clip(0.0, None) * pl.col("channel").replace_strict(
+    rate = pl.col("value").clip(0.0, None) * pl.col("rate_channel").replace_strict(
         factor, return_dtype=pl.Float64
     )
-    rel = rel.select(
+    rel = rel.filter(keep).select(
         "_m",
-        pl.col("channel").alias("rate_channel"),
+        "rate_channel",
         _key(pl.col("_m"), pl.col("_s")).alias("_k"),
         rate.alias("rate"),
     )
@@ -276,35 +340,46 @@ def _expected_from_history(
     """Flat spells of meters without a related channel, with what the meter's own history
     says: `idle_share`, the share of its other hours in which the register did not move, and
     `low_rate`, the `history_quantile` of its moving hours' rates; `expected` = low rate x the
-    spell's hours when the meter is rarely idle (idle share below the quantile), else 0."""
+    spell's hours when the meter is rarely idle (idle share below the quantile), else 0.
+    `counters` are the narrow counter readings in stream and time order."""
     if spells.height == 0:
         return spells
-    mine = counters.join(spells.select("_m").unique(), on="_m", how="semi")
+    streams = spells.get_column("_st").unique()
+    st = pl.col("_k") // (1 << 32)
+    # one integer per (stream, hour): a single-key group-by and sort, no string keys
+    hk = pl.col("_hk")
+    same_next = (hk // (1 << 32)) == (hk // (1 << 32)).shift(-1)
     hourly = (
-        mine.with_columns((pl.col("_s") // 3600).alias("_h"))
-        .group_by("_m", "channel", "_h")
+        counters.lazy()
+        .filter(st.is_in(streams.implode()))
+        .group_by(_key(st, (pl.col("_k") & _LOW) // 3600).alias("_hk"))
         .agg(pl.col("value").min().alias("lo"))
-        .sort("_m", "channel", "_h")  # a small frame: meters without a related channel only
-        .with_columns(
-            (pl.col("lo").shift(-1).over("_m", "channel") - pl.col("lo")).alias("rate"),
-            (pl.col("_h").shift(-1).over("_m", "channel") - pl.col("_h")).alias("gap"),
+        .sort("_hk")
+        .select(
+            (hk // (1 << 32)).alias("_st"),
+            pl.when(same_next).then(pl.col("lo").shift(-1) - pl.col("lo")).alias("rate"),
+            pl.when(same_next).then(hk.shift(-1) - hk).alias("gap"),
         )
         .filter((pl.col("gap") == 1) & (pl.col("rate") >= 0))
     )
-    history = hourly.group_by("_m", "channel").agg(
-        pl.len().alias("history_hours"),
-        (pl.col("rate") == 0).sum().alias("idle_hours"),
-        pl.col("rate")
-        .filter(pl.col("rate") > 0)
-        .quantile(params.history_quantile)
-        .alias("low_rate"),
+    history = (
+        hourly.group_by("_st")
+        .agg(
+            pl.len().alias("history_hours"),
+            (pl.col("rate") == 0).sum().alias("idle_hours"),
+            pl.col("rate")
+            .filter(pl.col("rate") > 0)
+            .quantile(params.history_quantile)
+            .alias("low_rate"),
+        )
+        .collect()
     )
     hours = (pl.col("b") - pl.col("a")) / 3600.0
     # the spell's own whole hours are idle hours of the register: not history
     own = ((pl.col("b") // 3600) - ((pl.col("a") + 3599) // 3600)).clip(0, None)
     others = (pl.col("history_hours") - own).clip(1, None)
     idle_share = ((pl.col("idle_hours") - own).clip(0, None) / others).alias("idle_share")
-    out = spells.join(history, on=["_m", "channel"], how="left").with_columns(idle_share)
+    out = spells.join(history, on="_st", how="left").with_columns(idle_share)
     return out.with_columns(
         pl.when(pl.col("idle_share") < params.history_quantile)
         .then(pl.col("low_rate") * hours)
@@ -340,7 +415,7 @@ def _related_findings(spells: pl.DataFrame, params: StuckParams) -> pl.DataFrame
             "flat_hours": row["hours"],
             "polls": row["polls"],
             "resolution": row["resolution"],
-            "related_channel": row["rate_channel"],
+            "related_channel": _CHANNELS[row["rate_channel"]],
             "related_samples": row["rate_samples"],
             "mean_rate_per_h": row["mean_rate"],
             "expected": row["expected"],
