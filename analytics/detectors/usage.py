@@ -349,10 +349,15 @@ def _weather_adjusted(
         .otherwise(pl.col("_kd") * 4 + 2)
     )
     df = df.with_columns(cdh.alias("cdh"), hdh.alias("hdh"), slot.alias("_slot"))
-    own = df.group_by("_slot").agg(
-        pl.col("cdh").median().alias("cdh_b"), pl.col("hdh").median().alias("hdh_b")
+    # many small groups: grouped on sorted keys (see `_with_stats`)
+    own = (
+        df.select("_slot", "cdh", "hdh")
+        .sort("_slot")
+        .with_columns(pl.col("_slot").set_sorted())
+        .group_by("_slot", maintain_order=True)
+        .agg(pl.col("cdh").median().alias("cdh_b"), pl.col("hdh").median().alias("hdh_b"))
     )
-    df = df.join(own, on="_slot", how="left").with_columns(
+    df = df.join(own, on="_slot", how="left", maintain_order="left").with_columns(
         (pl.col("cdh") - pl.col("cdh_b")).alias("dc"),
         (pl.col("hdh") - pl.col("hdh_b")).alias("dh"),
     )
