@@ -183,7 +183,12 @@ def _hourly(consumption: pl.DataFrame, meters: pl.DataFrame, params: UsageParams
         .with_columns(
             pl.col("time_zone")
             .replace_strict(zones, list(range(len(zones))), default=-1, return_dtype=pl.Int64)
-            .alias("_z")
+            .alias("_z"),
+            # peers: same project and load (a missing one is a value of its own, "")
+            (pl.col("project").fill_null("") + "\x00" + pl.col("load").fill_null(""))
+            .rank("dense")
+            .cast(pl.Int64)
+            .alias("_pl"),
         )
     )
     df = sums.with_columns(
@@ -206,6 +211,10 @@ def _hourly(consumption: pl.DataFrame, meters: pl.DataFrame, params: UsageParams
         is_weekend(local).alias("weekend"),
     )
     df = df.join(clock, on="_zh", how="left")
+    # one Int64 per (peer group, channel, hour) for the common-mode test
+    peer_hour = (pl.col("_pl") * len(channels) + pl.col("_k") % len(channels)) * span + (
+        pl.col("_h") - h0
+    )
     return df.select(
         "meter_id",
         pl.lit(pl.Series(channels, dtype=pl.String))
@@ -225,6 +234,7 @@ def _hourly(consumption: pl.DataFrame, meters: pl.DataFrame, params: UsageParams
         (pl.col("_k") * 168 + pl.col("how")).alias("_kw"),
         (pl.col("_k") * 48 + pl.col("weekend").cast(pl.Int64) * 24 + pl.col("hod")).alias("_kk"),
         (pl.col("_k") * 24 + pl.col("hod")).alias("_kd"),
+        peer_hour.alias("_ph"),
     )
 
 
@@ -428,12 +438,7 @@ def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
     peers = (
         hourly.filter(pl.col("median").is_not_null())
         .with_columns(risen.alias("_up"))
-        .group_by(
-            pl.col("project").fill_null("").alias("_p"),
-            pl.col("load").fill_null("").alias("_l"),
-            "channel",
-            "hour",
-        )
+        .group_by("_ph")
         .agg(
             pl.len().alias("peers"),
             pl.col("_up").mean().alias("peers_up"),
@@ -462,14 +467,10 @@ def _scored(hourly: pl.DataFrame, params: UsageParams) -> pl.DataFrame:
     )
     return (
         hourly.filter(pl.col("median").is_not_null())
-        .with_columns(
-            pl.col("project").fill_null("").alias("_p"), pl.col("load").fill_null("").alias("_l")
-        )
-        .join(peers, on=["_p", "_l", "channel", "hour"], how="left")
+        .join(peers, on="_ph", how="left")
         .with_columns(
             z.alias("z"), spike.fill_null(False).alias("spike"), drop.fill_null(False).alias("drop")
         )
-        .drop("_p", "_l")
         .sort("_kh")  # hourly rows: a frame four times smaller than the intervals
     )
 
