@@ -211,3 +211,40 @@ def test_days_before_a_dormant_spell_are_not_spikes() -> None:
     gone = {h: -profile(hours(n)[h], h) for h in range(24 * 10, n)}
     out = detect_usage(None, series(n, extra=gone), M)
     assert out.filter(pl.col("kind") == "spike").height == 0
+
+
+def test_a_meter_s_findings_do_not_depend_on_the_other_meters_in_the_frame() -> None:
+    """Hourly sums, baselines and peers are keyed per meter and channel (packed integers): other
+    meters in other zones, projects and channels, a meter missing from `meters` and Enum
+    columns change nothing for m1."""
+    at = 24 * 15 + 18
+    m1 = series(24 * 21, extra={at: 6.0, at + 1: 6.0})
+    alone = detect_usage(None, m1, meters(["m1"], zone="Europe/Berlin"))
+    assert alone.height == 1
+    others = pl.concat(
+        [
+            m1,
+            series(24 * 21, extra={100: 6.0, 101: 6.0}).with_columns(meter_id=pl.lit("m2")),
+            series(24 * 21).with_columns(meter_id=pl.lit("m3"), channel=pl.lit("water_volume_m3")),
+            series(24 * 21, extra={200: 6.0, 201: 6.0}).with_columns(meter_id=pl.lit("m4")),
+        ]
+    )
+    m = pl.concat(
+        [
+            meters(["m1"], zone="Europe/Berlin"),
+            meters(["m2"], zone="Asia/Shanghai", project="p2"),
+            meters(["m3"], zone="America/New_York", kind="water", load="water"),
+        ]
+    )  # m4 is not in `meters`: no zone, judged in UTC
+    ids = pl.Enum(["m4", "m3", "m2", "m1"])
+    for frame in (others, shuffled(others).with_columns(pl.col("meter_id").cast(ids))):
+        out = detect_usage(None, frame, m)
+        assert_frame_equal(out.filter(pl.col("subject") == "m1"), alone)
+        assert sorted(out.get_column("subject").unique().to_list()) == ["m1", "m2", "m4"]
+
+
+def test_a_meter_without_a_zone_is_judged_in_utc() -> None:
+    df = series(24 * 21, shape=office, extra={24 * 16 + 2: 20.0, 24 * 16 + 3: 20.0})
+    in_utc = detect_usage(None, df, M)
+    assert in_utc.height == 1
+    assert_frame_equal(detect_usage(None, df, meters(["other"], zone="Asia/Shanghai")), in_utc)
