@@ -201,28 +201,34 @@ def _flat_spells(
         .group_by("_st")
         .agg(pl.col("step").min().alias("resolution"))
     )
+    # A spell is a run of contiguous flat rows of one stream: its first and last rows are
+    # found by two masks, in the same order, so no group-by over the flat rows is needed.
     flat = (pl.col("step") == 0).fill_null(False)
-    new = flat & ~(flat.shift(1, fill_value=False) & pl.col("_same"))
-    spells = (
-        stepped.with_columns(flat.alias("_flat"), new.fill_null(False).alias("_n"))
-        .with_columns(pl.col("_n").cast(pl.UInt32).cum_sum().alias("_run"))
-        .filter(pl.col("_flat"))
-        .group_by("_run", maintain_order=True)
-        .agg(
-            pl.col("_st").first(),
-            pl.col("prev_s").first().alias("a"),
-            pl.col("_s").last().alias("b"),
-            pl.col("_row").last().alias("_last"),
-            pl.col("value").first(),
-            (pl.len() + 1).alias("polls"),
-        )
-        .drop("_run")
+    first = flat & ~(flat.shift(1, fill_value=False) & pl.col("_same"))
+    ends_here = flat & ~(
+        flat.shift(-1, fill_value=False) & pl.col("_same").shift(-1, fill_value=False)
+    )
+    pos = pl.int_range(pl.len(), dtype=pl.Int64).alias("_p")
+    starts = (
+        stepped.with_columns(pos)
+        .filter(first)
+        .select("_st", pl.col("prev_s").alias("a"), "value", pl.col("_p").alias("_p0"))
+    )
+    ends = (
+        stepped.with_columns(pos)
+        .filter(ends_here)
+        .select(pl.col("_s").alias("b"), pl.col("_row").alias("_last"), "_p")
+    )
+    head, tail, res = pl.collect_all([starts, ends, resolution])
+    found = (
+        pl.concat([head, tail], how="horizontal")
+        .with_columns((pl.col("_p") - pl.col("_p0") + 2).cast(pl.UInt32).alias("polls"))
+        .select("_st", "a", "b", "_last", "value", "polls")
         .filter(
             ((pl.col("b") - pl.col("a")) >= params.min_hours * 3600)
             & (pl.col("polls") >= params.min_polls)
         )
     )
-    found, res = pl.collect_all([spells, resolution])
     last = found.get_column("_last")
     found = found.with_columns(
         (pl.col("_st") // _WIDTH).alias("_m"),
