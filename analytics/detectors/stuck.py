@@ -90,14 +90,21 @@ def detect_stuck(
     narrow = _narrow(readings)
     if narrow.height == 0:
         return empty(FINDINGS_SCHEMA)
-    channel = (pl.col("_k") // (1 << 32)) % _WIDTH
+    channel = narrow.get_column("_k") // (1 << 32) % _WIDTH
     is_counter = channel.is_in(_COUNTER_CODES)
-    counters = narrow.filter(is_counter)
+    del channel
+    # Split by channel family without copying when there is one family only (the common
+    # export of registers alone), and let go of the whole before the spells are sorted.
+    if bool(is_counter.all()):
+        counters, others = narrow, narrow.clear()
+    else:
+        counters, others = narrow.filter(is_counter), narrow.filter(~is_counter)
+    del narrow, is_counter
     flats, counters = _flat_spells(readings, counters, params)
     if flats.height == 0:
         return empty(FINDINGS_SCHEMA)
-    related = _related_rates(narrow.filter(~is_counter))
-    del narrow
+    related = _related_rates(others)
+    del others
     with_rel = _expected_from_related(flats, related)
     del related
     found_rel = with_rel.filter(pl.col("rate_channel").is_not_null())
