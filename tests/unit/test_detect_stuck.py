@@ -137,3 +137,64 @@ def test_the_simulated_estate_s_stuck_register_is_found_and_nothing_else() -> No
     stuck = estate.faults.filter(pl.col("kind") == "stuck")
     assert out.height == 1
     assert overlaps(out, stuck).height == 1
+
+
+def test_enum_and_text_columns_give_the_same_bytes() -> None:
+    """The simulator writes Enum meter, channel and quality columns, the store gives text; the
+    detector codes both to integers its own way and must not tell them apart."""
+    volume = frozen_from(register([0.01] * N), 10, 50)
+    df = pl.concat(
+        [
+            meter([500.0] * N, frozen_from(register([0.125] * N), 20, 60)),
+            readings("w1", "water_volume_m3", TS, volume),
+            readings("w1", "water_flow_m3h", TS, [0.04] * N),
+            readings("w1", "water_temperature_c", TS, [12.0] * N),
+        ]
+    )
+    enums = df.with_columns(
+        pl.col(c).cast(pl.Enum(sorted(set(df.get_column(c).to_list()))))
+        for c in ("meter_id", "channel", "quality")
+    )
+    m = meters(["m1", "w1"])
+    text = detect_stuck(df, None, m)
+    assert text.height == 2
+    assert_frame_equal(text, detect_stuck(enums, None, m))
+    assert_frame_equal(text, detect_stuck(shuffled(enums), None, m))
+
+
+def test_flat_spells_of_neighbouring_streams_stay_apart() -> None:
+    """One meter's register frozen to its last reading, the next one's from its first: two
+    spells, each with its own start, end and poll count, not one across both streams."""
+    tail = frozen_from(register([0.125] * N), 70, N)
+    head = frozen_from(register([0.125] * N), 0, 30)
+    df = pl.concat(
+        [
+            readings("m1", "energy_import_kwh", TS, tail),
+            readings("m2", "energy_import_kwh", TS, head),
+            readings("m1", "power_w", TS, [500.0] * N),
+            readings("m2", "power_w", TS, [500.0] * N),
+        ]
+    )
+    out = detect_stuck(df, None, meters(["m1", "m2"]))
+    assert out.get_column("subject").to_list() == ["m1", "m2"]
+    assert out.get_column("start").to_list() == [TS[70], TS[0]]
+    assert out.get_column("end").to_list() == [TS[N - 1], TS[29]]
+    polls = [json.loads(e)["polls"] for e in out.get_column("evidence")]
+    assert polls == [N - 70, 30]
+
+
+def test_channels_it_does_not_read_and_bad_readings_change_nothing() -> None:
+    energy = frozen_from(register([0.125] * N), 20, 60)
+    base = meter([500.0] * N, energy)
+    noisy = pl.concat(
+        [
+            base,
+            readings("m1", "voltage_l1_v", TS, [230.0] * N),
+            readings("m1", "energy_export_kwh", TS, [5.0] * N),
+            readings("m1", "power_w", TS, [0.0] * N, quality=["bad"] * N),
+            readings("m1", "energy_import_kwh", TS[20:60], [None] * 40),
+        ]
+    )
+    expected = detect_stuck(base, None, M)
+    assert expected.height == 1
+    assert_frame_equal(expected, detect_stuck(shuffled(noisy), None, M))
