@@ -151,20 +151,29 @@ def _hourly(consumption: pl.DataFrame, meters: pl.DataFrame, params: UsageParams
     a few hundred rows per zone - instead of converting every hour of every meter per zone.
     Empty (no columns) when there is nothing to sum."""
     channels = list(params.channels)
-    df = consumption.filter(pl.col("channel").is_in(channels)).filter(
-        pl.col("consumption").is_not_null() & pl.col("consumption").is_not_nan()
+    # one lazy query: only the four columns needed are ever materialised, not a filtered copy
+    # of the whole frame (its strings above all)
+    parts = (
+        consumption.lazy()
+        .select("meter_id", "channel", "start", "consumption")
+        .filter(
+            pl.col("channel").is_in(channels)
+            & pl.col("consumption").is_not_null()
+            & pl.col("consumption").is_not_nan()
+        )
+        .select(
+            pl.col("meter_id").cast(pl.String).cast(pl.Categorical).alias("_mid"),
+            pl.col("channel")
+            .cast(pl.String)
+            .replace_strict(channels, list(range(len(channels))), return_dtype=pl.Int64)
+            .alias("_c"),
+            (pl.col("start").dt.epoch("us") // US_PER_H).alias("_h"),
+            "consumption",
+        )
+        .collect()
     )
-    if df.height == 0:
+    if parts.height == 0:
         return pl.DataFrame()
-    parts = df.select(
-        pl.col("meter_id").cast(pl.String).cast(pl.Categorical).alias("_mid"),
-        pl.col("channel")
-        .cast(pl.String)
-        .replace_strict(channels, list(range(len(channels))), return_dtype=pl.Int64)
-        .alias("_c"),
-        (pl.col("start").dt.epoch("us") // US_PER_H).alias("_h"),
-        "consumption",
-    )
     h0 = int(parts.get_column("_h").min())  # type: ignore[arg-type]
     span = int(parts.get_column("_h").max()) - h0 + 1  # type: ignore[arg-type]
     stream = pl.col("_mid").to_physical().cast(pl.Int64) * len(channels) + pl.col("_c")
@@ -346,7 +355,11 @@ def _weather_adjusted(
         .group_by(pl.col("project").cast(pl.String), _hour_of(pl.col("ts").cast(TS)).alias("hour"))
         .agg(pl.col("temperature_c").mean())
     )
-    df = hourly.join(temps, on=["project", "hour"], how="left")
+    # the fit works on a narrow frame (the wide hourly one, copied by every join, was this
+    # detector's peak memory); its results are put beside the hourly rows, in their order
+    narrow = hourly.select("_k", "project", "hour", "use", "median", "scale", "_level", "_kw",
+                           "_kk", "_kd")  # fmt: skip
+    df = narrow.join(temps, on=["project", "hour"], how="left", maintain_order="left")
     cdh = (pl.col("temperature_c") - params.cooling_base_c).clip(0.0, None)
     hdh = (params.heating_base_c - pl.col("temperature_c")).clip(0.0, None)
     key = ["_k"]
@@ -378,16 +391,20 @@ def _weather_adjusted(
     # (beyond `residual_clip` sigmas: the anomalies themselves must not teach the slope).
     fit = _slopes(usable, key, resid, dc, dh)
     after = resid - pl.col("beta_cooling") * dc - pl.col("beta_heating") * dh
-    inliers = usable.join(fit, on=key, how="left").filter(
+    inliers = usable.join(fit, on=key, how="left", maintain_order="left").filter(
         after.abs() <= params.residual_clip * pl.col("scale")
     )
     fit = _slopes(inliers.drop("beta_cooling", "beta_heating"), key, resid, dc, dh)
-    df = df.join(fit, on=key, how="left")
+    df = df.join(fit, on=key, how="left", maintain_order="left")
     shift = pl.col("beta_cooling").fill_null(0.0) * dc + pl.col("beta_heating").fill_null(0.0) * dh
-    return df.with_columns(
+    adjusted = df.select(
+        "temperature_c",
+        "beta_cooling",
+        "beta_heating",
         shift.alias("weather_shift"),
         (pl.col("median") + shift).clip(0.0, None).alias("expected"),
-    ).drop("cdh", "hdh", "cdh_b", "hdh_b", "dc", "dh", "_slot")
+    )
+    return hourly.hstack(adjusted.get_columns())
 
 
 def _slopes(
