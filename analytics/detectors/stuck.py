@@ -193,48 +193,43 @@ def _flat_spells(
         counters = counters.sort("_k", maintain_order=True)
     del stream
     st = pl.col("_k") // (1 << 32)
-    same = st == st.shift(1)
-    stepped = counters.lazy().select(
-        "_row",
-        st.alias("_st"),
-        (pl.col("_k") & _LOW).alias("_s"),
-        "value",
-        pl.when(same).then(pl.col("value") - pl.col("value").shift(1)).alias("step"),
-        pl.when(same).then((pl.col("_k") & _LOW).shift(1)).alias("prev_s"),
-        same.fill_null(False).alias("_same"),
-    )
+    same = (st == st.shift(1)).fill_null(False)
+    step = pl.when(same).then(pl.col("value") - pl.col("value").shift(1))
+    lf = counters.lazy()
     resolution = (
-        stepped.filter(pl.col("step") > 0)
+        lf.select(st.alias("_st"), step.alias("step"))
+        .filter(pl.col("step") > 0)
         .group_by("_st")
         .agg(pl.col("step").min().alias("resolution"))
     )
-    # A spell is a run of contiguous flat rows of one stream: its first and last rows are
-    # found by two masks, in the same order, so no group-by over the flat rows is needed.
-    flat = (pl.col("step") == 0).fill_null(False)
-    first = flat & ~(flat.shift(1, fill_value=False) & pl.col("_same"))
-    ends_here = flat & ~(
-        flat.shift(-1, fill_value=False) & pl.col("_same").shift(-1, fill_value=False)
+    # A spell is a run of contiguous flat rows of one stream: only the positions of its first
+    # and last rows are taken (two masks, in the same order), and the few columns a spell needs
+    # are gathered there - no frame of every flat reading, no group-by over it.
+    flat = (step == 0).fill_null(False)
+    first = flat & ~(flat.shift(1, fill_value=False) & same)
+    ends_here = flat & ~(flat.shift(-1, fill_value=False) & same.shift(-1, fill_value=False))
+    i0, i1, res = pl.collect_all(
+        [
+            lf.select(pl.arg_where(first).alias("i")),
+            lf.select(pl.arg_where(ends_here).alias("i")),
+            resolution,
+        ]
     )
-    pos = pl.int_range(pl.len(), dtype=pl.Int64).alias("_p")
-    starts = (
-        stepped.with_columns(pos)
-        .filter(first)
-        .select("_st", pl.col("prev_s").alias("a"), "value", pl.col("_p").alias("_p0"))
-    )
-    ends = (
-        stepped.with_columns(pos)
-        .filter(ends_here)
-        .select(pl.col("_s").alias("b"), pl.col("_row").alias("_last"), "_p")
-    )
-    head, tail, res = pl.collect_all([starts, ends, resolution])
-    found = (
-        pl.concat([head, tail], how="horizontal")
-        .with_columns((pl.col("_p") - pl.col("_p0") + 2).cast(pl.UInt32).alias("polls"))
-        .select("_st", "a", "b", "_last", "value", "polls")
-        .filter(
-            ((pl.col("b") - pl.col("a")) >= params.min_hours * 3600)
-            & (pl.col("polls") >= params.min_polls)
-        )
+    at0, at1 = i0.get_column("i"), i1.get_column("i")
+    k = counters.get_column("_k")
+    found = pl.DataFrame(
+        {
+            "_st": k.gather(at0) // (1 << 32),
+            # the reading before the spell's first flat one: where the value was first seen
+            "a": k.gather(at0 - 1) & _LOW,
+            "b": k.gather(at1) & _LOW,
+            "_last": counters.get_column("_row").gather(at1),
+            "value": counters.get_column("value").gather(at0),
+            "polls": (at1 - at0 + 2).cast(pl.UInt32),
+        }
+    ).filter(
+        ((pl.col("b") - pl.col("a")) >= params.min_hours * 3600)
+        & (pl.col("polls") >= params.min_polls)
     )
     last = found.get_column("_last")
     found = found.with_columns(
