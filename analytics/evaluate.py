@@ -69,7 +69,7 @@ from typing import Final
 
 import polars as pl
 
-from analytics.frames import FINDING_KINDS, TS
+from analytics.frames import FINDING_KINDS, TS, readings_frame
 from contracts.channels import COUNTERS
 
 DType = pl.DataType | type[pl.DataType]
@@ -264,6 +264,12 @@ def comm_error_runs(
     return instants.collect()
 
 
+def _with_truth(readings: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The ledger's readings as the pipeline sees them, with the truth beside each value."""
+    truth = readings.lazy().select(pl.col("true_value").cast(pl.Float64))
+    return pl.concat([readings_frame(readings), truth], how="horizontal")
+
+
 def _bad_reads_hit(ledger: pl.DataFrame, readings: pl.DataFrame | pl.LazyFrame) -> list[int]:
     """Ids of zero_read / nan_read faults that really spoiled a counter reading (a fault of
     probability < 1 over a short window may hit no poll at all: nothing to detect then)."""
@@ -273,15 +279,7 @@ def _bad_reads_hit(ledger: pl.DataFrame, readings: pl.DataFrame | pl.LazyFrame) 
     if bad.is_empty():
         return []
     spoiled = (
-        readings.lazy()
-        .select(
-            pl.col("meter_id").cast(pl.String),
-            pl.col("channel").cast(pl.String),
-            pl.col("ts").cast(TS),
-            pl.col("value").cast(pl.Float64),
-            pl.col("quality").cast(pl.String),
-            pl.col("true_value").cast(pl.Float64),
-        )
+        _with_truth(readings)
         .filter(
             pl.col("meter_id").is_in(bad.get_column("meter_id").unique().to_list())
             & pl.col("channel").is_in(sorted(COUNTERS))
@@ -666,14 +664,8 @@ def consumption_error(
     _true = pl.col("true_value").sort_by("ts")
     _steps = pl.col("value").sort_by("ts").diff()
     truth = (
-        readings.lazy()
-        .select(
-            pl.col("meter_id").cast(pl.String),
-            pl.col("channel").cast(pl.String),
-            pl.col("ts").cast(TS),
-            pl.col("value").cast(pl.Float64),
-            pl.col("true_value").cast(pl.Float64),
-        )
+        _with_truth(readings)
+        .drop("quality")
         .join(streams.lazy(), on=["meter_id", "channel"], how="inner")
         .filter(pl.col("ts").is_between(pl.col("start"), pl.col("end")))
         .group_by("meter_id", "channel")
