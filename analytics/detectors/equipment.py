@@ -72,6 +72,7 @@ import polars as pl
 from analytics import frames
 from analytics.detectors import common
 from analytics.detectors.common import MAD_TO_SIGMA
+from analytics.detectors.leak import with_local_clock  # belongs in common (not ours to edit)
 
 # figure -> (rule, what it means, default warn rise, default failure rise)
 FIGURES: Final[Mapping[str, tuple[str, str, float, float]]] = {
@@ -223,9 +224,14 @@ def _stream(
     )
     df = lf.join(units.lazy().select("meter_id", "time_zone"), on="meter_id").collect()
     df = common.sort_streams(df, ["meter_id"])
-    local = common.local_time("ts", "time_zone", zones)
-    return df.with_columns(
-        day=local.dt.date(), weekend=common.is_weekend(local), hod=local.dt.hour()
+    return with_local_clock(
+        df,
+        zones,
+        lambda local: [
+            local.dt.date().alias("day"),
+            common.is_weekend(local).alias("weekend"),
+            local.dt.hour().alias("hod"),
+        ],
     )
 
 
@@ -250,7 +256,7 @@ def _energy(
             .join(units.lazy().select("meter_id", "time_zone"), on="meter_id")
             .collect()
         )
-        c = c.with_columns(day=common.local_time("ts", "time_zone", zones).dt.date())
+        c = with_local_clock(c, zones, lambda local: [local.dt.date().alias("day")])
     else:
         reg = _stream(readings, "energy_import_kwh", units, zones)
         same = pl.col("_stream") == pl.col("_stream").shift(1)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from analytics.detectors.leak import LeakParams, detect_leak
+from analytics.detectors.common import local_time
+from analytics.detectors.leak import LeakParams, detect_leak, with_local_clock
 from analytics.frames import CONSUMPTION_QUALITY_ENUM, FINDINGS_SCHEMA
 from tests.support.detector_data import grid, meters, overlaps, readings, shuffled, simulated
 
@@ -158,3 +160,27 @@ def test_the_simulated_estate_s_leak_is_found_and_nothing_else() -> None:
     assert out.height > 0
     assert set(out.get_column("subject")) == set(leaks.get_column("meter_id"))
     assert overlaps(out, leaks).height == out.height
+
+
+def test_local_clock_per_distinct_instant_equals_the_per_row_conversion() -> None:
+    """The clock joined back from distinct (zone, instant) pairs is `local_time` of each row:
+    half-hour and DST zones, instants inside the DST change, null and unknown zones, null
+    instants, unsorted rows, and the rows' order kept."""
+    rng = random.Random(3)
+    zones = ["America/St_Johns", "Asia/Kolkata", "Australia/Lord_Howe", "Europe/Berlin"]
+    t0 = dt.datetime(2026, 3, 28, 20, tzinfo=dt.UTC)  # Berlin springs forward on the 29th
+    n = 3000
+    ts = [t0 + dt.timedelta(seconds=rng.randrange(0, 3 * 86400, 450)) for _ in range(n)]
+    ts[5] = None  # type: ignore[call-overload]
+    zone = [rng.choice([*zones, "Mars/Olympus", None]) for _ in range(n)]
+    df = pl.DataFrame({"ts": ts, "time_zone": zone, "row": range(n)}).with_columns(
+        pl.col("ts").dt.cast_time_unit("us")
+    )
+
+    def derive(local: pl.Expr) -> list[pl.Expr]:
+        return [local.alias("local"), local.dt.date().alias("day"), local.dt.hour().alias("h")]
+
+    got = with_local_clock(df, zones, derive)
+    want = df.with_columns(derive(local_time("ts", "time_zone", zones)))
+    assert got.equals(want)
+    assert got.get_column("local").null_count() == 1
