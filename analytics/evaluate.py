@@ -69,7 +69,7 @@ from typing import Final
 
 import polars as pl
 
-from analytics.frames import FINDING_KINDS, TS, readings_frame
+from analytics.frames import FINDING_KINDS, TS
 from contracts.channels import COUNTERS
 
 DType = pl.DataType | type[pl.DataType]
@@ -264,10 +264,17 @@ def comm_error_runs(
     return instants.collect()
 
 
-def _with_truth(readings: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """The ledger's readings as the pipeline sees them, with the truth beside each value."""
-    truth = readings.lazy().select(pl.col("true_value").cast(pl.Float64))
-    return pl.concat([readings_frame(readings), truth], how="horizontal")
+def _with_truth(readings: pl.DataFrame | pl.LazyFrame, *, quality: bool = True) -> pl.LazyFrame:
+    """The ledger's readings with string ids and the truth beside each value (`quality` only
+    when asked for: the consumption error does not need it, and callers may leave it out)."""
+    return readings.lazy().select(
+        pl.col("meter_id").cast(pl.String),
+        pl.col("channel").cast(pl.String),
+        pl.col("ts").cast(TS),
+        pl.col("value").cast(pl.Float64),
+        *([pl.col("quality").cast(pl.String)] if quality else []),
+        pl.col("true_value").cast(pl.Float64),
+    )
 
 
 def _bad_reads_hit(ledger: pl.DataFrame, readings: pl.DataFrame | pl.LazyFrame) -> list[int]:
@@ -664,8 +671,7 @@ def consumption_error(
     _true = pl.col("true_value").sort_by("ts")
     _steps = pl.col("value").sort_by("ts").diff()
     truth = (
-        _with_truth(readings)
-        .drop("quality")
+        _with_truth(readings, quality=False)
         .join(streams.lazy(), on=["meter_id", "channel"], how="inner")
         .filter(pl.col("ts").is_between(pl.col("start"), pl.col("end")))
         .group_by("meter_id", "channel")

@@ -496,3 +496,23 @@ def test_evaluation_is_deterministic(ledger: Path) -> None:
 
     for a, b in zip(once(), once(), strict=True):
         assert a.equals(b)
+
+
+def test_consumption_error_needs_no_quality_column() -> None:
+    # The truth and the values are all it reads: an export without qualities is scored too.
+    ts = [at(h) for h in range(3)]
+    reads = pl.DataFrame(
+        {
+            "meter_id": ["m"] * 3, "channel": ["energy_import_kwh"] * 3, "ts": ts,
+            "value": [10.0, 11.0, 12.0], "true_value": [10.0, 11.0, 12.0],
+        },
+        schema_overrides={"ts": TS},
+    )  # fmt: skip
+    iv = pl.DataFrame(
+        {"meter_id": ["m"], "channel": ["energy_import_kwh"], "start": [ts[0]], "end": [ts[-1]],
+         "consumption": [2.0]},
+        schema_overrides={"start": TS, "end": TS},
+    )  # fmt: skip
+    r = consumption_error(iv, reads).row(0, named=True)
+    assert r["rel_error"] == 0.0
+    assert r["within"]
