@@ -166,6 +166,10 @@ def _read_readings(path: Path) -> pl.DataFrame:
                 " (ISO 8601 expected, e.g. 2026-01-05T00:00:00Z)"
             )
         df = df.drop("ts_text")
+    for column in ("meter_id", "channel", "ts"):
+        missing = df.get_column(column).null_count()
+        if missing:
+            raise InputError(f"{path}: column {column!r}: {missing:,} row(s) without a value")
     return df
 
 
@@ -210,7 +214,14 @@ def _read_meters(
         return _derived_meters(readings, time_zone)
     lf = _scan(path, "meters file")
     _require(lf, METER_COLUMNS, path, "meters")
-    return lf.with_columns(pl.col("meter_id").cast(pl.String)).collect()
+    df = _collect(lf.with_columns(pl.col("meter_id").cast(pl.String)), path)
+    for zone in df.get_column("time_zone").cast(pl.String).unique().sort().to_list():
+        _check_zone(zone, f"{path}: column 'time_zone'")
+    zones = df.group_by("project").agg(pl.col("time_zone").n_unique().alias("n"))
+    mixed = zones.filter(pl.col("n") > 1).get_column("project").sort().to_list()
+    if mixed:
+        raise InputError(f"{path}: project {mixed[0]!r} has meters in more than one time zone")
+    return df
 
 
 def _read_weather(weather: Path | None, readings_path: Path) -> pl.DataFrame | None:
@@ -219,7 +230,29 @@ def _read_weather(weather: Path | None, readings_path: Path) -> pl.DataFrame | N
         return None
     lf = _scan(path, "weather file")
     _require(lf, ("project", "ts", "temperature_c"), path, "weather")
-    return lf.with_columns(_utc("ts", lf)).collect()
+    return _collect(lf.with_columns(_utc("ts", lf)), path)
+
+
+def _collect(lf: pl.LazyFrame, path: Path) -> pl.DataFrame:
+    """Collect a side file, its first error line naming the file (a `ts` that is not a time,
+    a column of the wrong type)."""
+    import polars as pl  # noqa: PLC0415
+
+    try:
+        return lf.collect()
+    except pl.exceptions.PolarsError as exc:
+        first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+        raise InputError(f"{path}: {first}") from None
+
+
+def _check_zone(zone: str | None, where: str) -> None:
+    """An IANA time zone, or a one-line error naming where it came from."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+    try:
+        ZoneInfo(zone or "")
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InputError(f"{where}: {zone!r} is not an IANA time zone") from None
 
 
 def _write(df: pl.DataFrame, path: Path, fmt: Format) -> None:
@@ -260,6 +293,7 @@ class _Inputs:
 def _load(
     input_path: Path, meters: Path | None, weather: Path | None, time_zone: str, log: _Log
 ) -> _Inputs:
+    _check_zone(time_zone, "--time-zone")
     readings = _read_readings(input_path)
     inputs = _Inputs(
         readings,
@@ -271,10 +305,20 @@ def _load(
 
 
 def _run_pass(inputs: _Inputs, log: _Log) -> PassResult:
+    import polars as pl  # noqa: PLC0415
+
     from analytics.pipeline import run_pass  # noqa: PLC0415 - heavy, and not on the gateway path
 
     log("running consumption, rollups and detectors")
-    result = run_pass(inputs.readings, inputs.meters, weather=inputs.weather)
+    # The readings and meters are checked on reading; what the pass still refuses is about
+    # the data (overlapping intervals of a stream, a meter missing from the meters file), so it
+    # is reported like any other bad input: one line, exit 2.
+    with _input_errors():
+        try:
+            result = run_pass(inputs.readings, inputs.meters, weather=inputs.weather)
+        except (ValueError, pl.exceptions.PolarsError) as exc:
+            first = next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+            raise InputError(f"cannot analyse these readings: {first}") from None
     log(f"{result.intervals.height:,} intervals, {result.findings.height:,} findings")
     return result
 

@@ -118,6 +118,46 @@ def test_a_meters_file_without_time_zone_is_named(history: Path, tmp_path: Path)
     assert "missing column 'time_zone'" in one_error_line(result)
 
 
+def test_a_row_without_a_time_is_one_line(tmp_path: Path) -> None:
+    csv = tmp_path / "export.csv"
+    csv.write_text(
+        "meter_id,channel,ts,value,quality\n"
+        "m1,energy_import_kwh,2026-01-05T00:00:00Z,1.0,good\n"
+        "m1,energy_import_kwh,,2.0,good\n"
+    )
+    line = one_error_line(analyze("consumption", "-i", csv, "-o", tmp_path / "o.parquet"))
+    assert line == f"meterward: error: {csv}: column 'ts': 1 row(s) without a value"
+
+
+def test_an_unknown_time_zone_is_one_line(tmp_path: Path) -> None:
+    csv = tmp_path / "export.csv"
+    csv.write_text("meter_id,channel,ts,value\nm1,energy_import_kwh,2026-01-05T00:00:00Z,1\n")
+    line = one_error_line(
+        analyze("detect", "-i", csv, "-o", tmp_path / "o.json", "--time-zone", "Mars/Base")
+    )
+    assert line == "meterward: error: --time-zone: 'Mars/Base' is not an IANA time zone"
+
+
+def test_a_project_in_two_time_zones_is_one_line(history: Path, tmp_path: Path) -> None:
+    meters = pl.read_parquet(history.with_name("readings.meters.parquet"))
+    zones = ["Asia/Shanghai"] * (meters.height - 1) + ["Europe/Berlin"]
+    path = tmp_path / "meters.parquet"
+    meters.with_columns(time_zone=pl.Series(zones)).write_parquet(path)
+    line = one_error_line(
+        analyze("consumption", "-i", history, "--meters", path, "-o", tmp_path / "o.parquet")
+    )
+    assert "has meters in more than one time zone" in line
+
+
+def test_a_weather_time_that_is_not_a_time_is_one_line(history: Path, tmp_path: Path) -> None:
+    weather = tmp_path / "weather.csv"
+    weather.write_text("project,ts,temperature_c\nsunrise-garden,notatime,3.5\n")
+    line = one_error_line(
+        analyze("detect", "-i", history, "--weather", weather, "-o", tmp_path / "o.json")
+    )
+    assert str(weather) in line
+
+
 def test_evaluate_needs_something_to_evaluate() -> None:
     assert "--ledger" in one_error_line(analyze("evaluate"))
 
