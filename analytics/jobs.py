@@ -787,8 +787,13 @@ def daily_tick(ctx: TickContext) -> TickOutcome:
     readings = store.load_readings(conn, pid, history)
     consumption = store.load_consumption(conn, pid, history)
     found = detect_equipment(readings, consumption, meters)
-    found = found.filter(pl.col("rule").is_in(_own_rules(found["rule"], daily=True).implode()))
-    f = store.write_findings(conn, pid, found, computed_at=ctx.now)
+    own = _own_rules(found["rule"], daily=True)
+    found = found.filter(pl.col("rule").is_in(own.implode()))
+    # The trends are refitted over the whole history each day: the findings of the daily
+    # rules stored over it are replaced, so a moved start leaves no stale row behind.
+    stored = store.load_findings(conn, pid, history)
+    rules = sorted(set(own.to_list()) | set(_own_rules(stored["rule"], daily=True).to_list()))
+    f = store.write_findings(conn, pid, found, computed_at=ctx.now, window=history, rules=rules)
     step, current = _episodes(ctx, found, daily=True, data_now=de)
     ep = store.write_episode_step(conn, pid, step, now=ctx.now)
     return TickOutcome(

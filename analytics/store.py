@@ -811,9 +811,13 @@ def write_findings(
     window: Window | None = None,
     rules: Sequence[str] | None = None,
 ) -> Written:
-    """Upsert findings (`FINDINGS_SCHEMA`); with `window`, stored findings starting in it that
-    the new result no longer has are deleted - only of `rules` when given (a job replaces the
-    findings of the detectors it ran, not the others')."""
+    """Upsert findings (`FINDINGS_SCHEMA`); with `window`, stored findings overlapping it (as
+    `load_findings` selects them) that the new result no longer has are deleted - only of
+    `rules` when given (a job replaces the findings of the detectors it ran, not the others').
+
+    Overlapping, not starting in it: a condition older than a job's lookback is seen from the
+    lookback's first reading, so its start moves forward tick by tick; the stale row with the
+    older start must go when the new one comes."""
     df = findings.cast(FINDINGS_SCHEMA)
     spec = {"subject": "text", "rule": "text", "kind": "text", "start": "ts", "end": "ts",
             "severity": "text", "evidence": "text", "lead_time_days": "float8?"}  # fmt: skip
@@ -834,7 +838,7 @@ def write_findings(
         }
         scope = None
         if window is not None:
-            scope = "t.project_id = %(project)s AND t.start_at >= %(lo)s AND t.start_at < %(hi)s"
+            scope = "t.project_id = %(project)s AND t.end_at >= %(lo)s AND t.start_at < %(hi)s"
             if rules is not None:
                 scope += " AND t.rule = ANY(%(rules)s)"
         return _replace(

@@ -422,6 +422,22 @@ def test_findings_round_trip_and_rule_scoped_replacement(db: Store) -> None:
         assert left.get_column("rule").to_list() == ["stuck.flat_register"]
 
 
+def test_a_finding_whose_start_moves_replaces_its_stale_row(db: Store) -> None:
+    # A condition older than the job's lookback is seen from the lookback's first reading:
+    # tick by tick its start moves forward. The row with the old start must not pile up.
+    first = findings_frame([("E-SUB", "comm_loss.silence", 0, 6, "critical")])
+    moved = findings_frame([("E-SUB", "comm_loss.silence", 0.25, 6.25, "critical")])
+    with connect(db) as conn:
+        store.write_findings(conn, db.project, first, computed_at=T0, window=(T0, T0 + 6 * HOUR))
+        window = (T0 + 6 * HOUR, T0 + 6.25 * HOUR)  # the next tick: only its own window
+        w = store.write_findings(
+            conn, db.project, moved, computed_at=T0, window=window, rules=["comm_loss.silence"]
+        )
+        assert w == store.Written(1, 1)
+        left = store.load_findings(conn, db.project, (T0, T0 + dt.timedelta(days=1)))
+        assert left.select("start", "end").rows() == [(T0 + 0.25 * HOUR, T0 + 6.25 * HOUR)]
+
+
 # --- episodes, the outbox and the watermark ------------------------------------------------------
 
 PARAMS = EpisodeParams(
