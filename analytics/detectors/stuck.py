@@ -103,7 +103,9 @@ def detect_stuck(
     flats, counters = _flat_spells(readings, counters, params)
     if flats.height == 0:
         return empty(FINDINGS_SCHEMA)
-    related = _related_rates(others)
+    # only meters with a flat spell need their related channel integrated (each meter's
+    # integral is its own: leaving the others out changes no bit of it)
+    related = _related_rates(others, flats.get_column("_m").unique())
     del others
     with_rel = _expected_from_related(flats, related)
     del related
@@ -247,13 +249,15 @@ def _flat_spells(
     return out, counters
 
 
-def _related_rates(rel: pl.DataFrame) -> pl.DataFrame:
-    """Per meter, the preferred related channel's rate (counter unit per hour, negatives as 0)
-    and its running integrals at each reading: `_m, rate_channel` (a `_CHANNELS` index), `_k`,
-    `rate, integral, integral_left`, from the narrow readings of the related channels."""
+def _related_rates(rel: pl.DataFrame, meters: pl.Series) -> pl.DataFrame:
+    """Per meter (of the meter codes `meters`), the preferred related channel's rate (counter
+    unit per hour, negatives as 0) and its running integrals at each reading: `_m,
+    rate_channel` (a `_CHANNELS` index), `_k`, `rate, integral, integral_left`, from the
+    narrow readings of the related channels."""
     names = [r for v in RELATED.values() for r, _ in v]
     factor = {_CHANNELS.index(r): f for v in RELATED.values() for r, f in v}
     rank = [_CHANNELS.index(r) for r in dict.fromkeys(names)]
+    rel = rel.filter((pl.col("_k") // (1 << 32) // _WIDTH).is_in(meters.implode()))
     if rel.height == 0:
         return pl.DataFrame(
             schema={
@@ -302,8 +306,13 @@ def _related_rates(rel: pl.DataFrame) -> pl.DataFrame:
     # the step after it (left). Over a spell the smaller of the two is taken: a load that
     # switches on at the spell's last reading (dusk, for lighting) or off just after its first
     # must not count as use during it.
-    right = (pl.col("rate") * dt_h).cum_sum()
-    left = (pl.when(same).then(pl.col("rate").shift(1)).otherwise(0.0) * dt_h).cum_sum()
+    # Each meter's integrals start from zero at its first reading (a sum per meter, not one
+    # across meters): a running sum across meters would carry the other meters' use into the
+    # rounding of this one's differences, and the order of meters follows their codes - for
+    # text ids Polars' process-wide string cache, so the last bits of `expected` would differ
+    # between processes and between enum and text ids.
+    right = (pl.col("rate") * dt_h).cum_sum().over(m)
+    left = (pl.when(same).then(pl.col("rate").shift(1)).otherwise(0.0) * dt_h).cum_sum().over(m)
     return rel.with_columns(right.alias("integral"), left.alias("integral_left"))
 
 

@@ -4,6 +4,10 @@ flat, a quiet night, a lighting circuit switching on at dusk are not."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import polars as pl
 from polars.testing import assert_frame_equal
@@ -198,3 +202,79 @@ def test_channels_it_does_not_read_and_bad_readings_change_nothing() -> None:
     expected = detect_stuck(base, None, M)
     assert expected.height == 1
     assert_frame_equal(expected, detect_stuck(shuffled(noisy), None, M))
+
+
+# Run in a fresh interpreter: readings of 60 meters with text (or enum) ids, every meter's
+# register frozen for a while under a running load; prints each spell's raw `expected` as
+# float.hex. With `intern`, other strings and the ids in reverse order go into Polars' string
+# cache first (and stay there), so the ids' categorical codes - and any order derived from
+# them - differ.
+_EXPECTED_IN_FRESH_PROCESS = """
+import datetime as dt, json, random, sys
+import polars as pl
+import analytics.detectors.stuck as stuck
+
+ids = [f"meter-{i:02d}" for i in range(60)]
+# held for the whole run: the string cache forgets the strings of columns no longer alive
+interned = pl.Series([f"other-{i}" for i in range(300)] + ids[::-1]).cast(pl.Categorical)
+if sys.argv[1] != "intern":
+    del interned
+rng = random.Random(11)
+t0 = dt.datetime(2026, 1, 5, tzinfo=dt.UTC)
+ts = [t0 + dt.timedelta(minutes=15 * i) for i in range(96 * 4)]
+rows = []
+for n, m in enumerate(ids):
+    energy = 1000.0 * (n + 1)
+    stop, restart = 100 + n, 150 + n
+    for i, t in enumerate(ts):
+        power = rng.uniform(200.0, 9000.0)
+        if not stop <= i < restart:
+            energy = round(energy + power * 0.25 / 1000.0, 2)
+        rows.append((m, "energy_import_kwh", t, energy))
+        rows.append((m, "power_w", t, power))
+df = pl.DataFrame(rows, schema=["meter_id", "channel", "ts", "value"], orient="row")
+df = df.with_columns(pl.col("ts").dt.cast_time_unit("us"), quality=pl.lit("good"))
+if sys.argv[2] == "enum":
+    df = df.with_columns(pl.col("meter_id").cast(pl.Enum(sorted(ids, reverse=True))))
+seen = []
+original = stuck._expected_from_related
+def spy(flats, related):
+    out = original(flats, related)
+    seen.append(out)
+    return out
+stuck._expected_from_related = spy
+found = stuck.detect_stuck(df, None, pl.DataFrame({"meter_id": ids}))
+spells = seen[0].select(pl.col("meter_id").cast(pl.String), "a", "expected").sort("meter_id", "a")
+print(json.dumps({"spells": [[m, a, float.hex(e)] for m, a, e in spells.rows()],
+                  "findings": found.get_column("subject").cast(pl.String).to_list()}))
+"""
+
+
+def _expected_in_fresh_process(intern: bool, ids: str) -> dict[str, object]:
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", _EXPECTED_IN_FRESH_PROCESS, "intern" if intern else "-", ids],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    out: dict[str, object] = json.loads(run.stdout)
+    return out
+
+
+def test_expected_is_bit_identical_across_processes_and_id_types() -> None:
+    """The related-channel integral of a spell does not depend on which codes the meter ids
+    get: two fresh processes that interned different strings first, and enum ids, give the
+    same `expected` bit for bit."""
+    plain = _expected_in_fresh_process(intern=False, ids="text")
+    spells = plain["spells"]
+    findings = plain["findings"]
+    assert isinstance(spells, list)
+    assert isinstance(findings, list)
+    assert len(spells) == 60  # every meter's spell was integrated
+    assert len(findings) == 60
+    assert _expected_in_fresh_process(intern=True, ids="text") == plain
+    assert _expected_in_fresh_process(intern=True, ids="enum") == plain
