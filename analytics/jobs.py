@@ -339,11 +339,15 @@ class AnalyticsWorker:
                     worker_id=self.worker_id,
                 )
                 outcome = self.work[kind](ctx)
-                conn.execute(
+                moved = conn.execute(
                     "UPDATE analytics_job_cursors SET done_until = %s, updated_at = now()"
                     " WHERE kind = %s AND project_id = %s AND done_until = %s",
                     (window.end, kind, project.id, window.start),
-                )
+                ).rowcount
+                if moved != 1:  # the lock makes this impossible; if not, undo the step's work
+                    raise RuntimeError(
+                        f"{kind} cursor of project {project.code} moved under this step"
+                    )
                 conn.execute(
                     "INSERT INTO analytics_runs (kind, project_id, window_start, window_end,"
                     " units, status, worker, started_at, detail)"

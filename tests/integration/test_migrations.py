@@ -39,6 +39,7 @@ EXPECTED_TABLES = {
     "consumption_intervals", "counter_events", "rollups", "analytics_watermarks", "findings",
     "alarm_episodes", "alarm_events",
 }  # fmt: skip
+RUNS_TABLES = {"analytics_job_cursors", "analytics_runs"}  # 0005, which depends on 0004
 ANALYTICS_TABLES = {
     "consumption_intervals", "counter_events", "rollups", "analytics_watermarks", "findings",
     "alarm_episodes", "alarm_events",
@@ -252,7 +253,7 @@ def test_analytics_migration_rolls_back_and_reapplies(
     make_database: DatabaseFactory, mode: TimescaleMode
 ) -> None:
     """0004 on both stores: per-interval tables are hypertables when TimescaleDB is there; its
-    rollback removes exactly what it added (0005, which does not depend on it, stays)."""
+    rollback (after 0005's, which depends on it) removes exactly what the two added."""
     url = make_database()
     migrate(url, mode)
     assert tables(url) >= ANALYTICS_TABLES
@@ -264,9 +265,13 @@ def test_analytics_migration_rolls_back_and_reapplies(
     migrations = read_migrations(str(migrations_dir()))
     with get_backend(yoyo_uri(url)) as backend, backend.lock():
         backend.rollback_migrations(
-            [m for m in backend.to_rollback(migrations) if m.id == "0004.analytics"]
+            [
+                m
+                for m in backend.to_rollback(migrations)
+                if m.id in ("0005.analytics-runs", "0004.analytics")
+            ]
         )
-    assert tables(url) == before - ANALYTICS_TABLES
+    assert tables(url) == before - ANALYTICS_TABLES - RUNS_TABLES
     assert not {"parent_meter_id", "load"} & columns(url, "meters")
     assert {"opening_readings", "closing_readings", "multiplier"}.isdisjoint(
         columns(url, "meter_installations")
@@ -276,7 +281,7 @@ def test_analytics_migration_rolls_back_and_reapplies(
             "SELECT typname FROM pg_type WHERE typname IN ('consumption_quality', 'alarm_severity')"
         ).fetchall()
     assert types == []
-    assert status(url).pending == ("0004.analytics",)
+    assert status(url).pending == ("0004.analytics", "0005.analytics-runs")
 
-    assert migrate(url, mode)[0] == ["0004.analytics"]
+    assert migrate(url, mode)[0] == ["0004.analytics", "0005.analytics-runs"]
     assert tables(url) == before
