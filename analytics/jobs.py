@@ -711,14 +711,23 @@ def intraday_tick(ctx: TickContext) -> TickOutcome:
     late_streams = 0
     if mark is not None:
         late = store.late_readings(
-            conn, pid, received_after=mark.received_upto, received_upto=horizon, before=ws,
-            not_before=ctx.load_from,
-        )  # fmt: skip
+            conn, pid, received_after=mark.received_upto, received_upto=horizon, before=ws
+        )
+        # Readings older than the lookback are stored but not recomputed here (a tick never
+        # reaches further back than its lookback); said, not silent.
+        beyond = late.filter(pl.col("ts_min") < ctx.load_from)
+        if beyond.height:
+            log.warning(
+                "late readings older than the lookback are not recomputed",
+                streams=beyond.height,
+                oldest=_instant(beyond.get_column("ts_min").min()).isoformat(),
+                lookback_from=ctx.load_from.isoformat(),
+            )
+        late = late.filter(pl.col("ts_max") >= ctx.load_from)
         if late.height:
             late_streams = late.height
-            first = late.get_column("ts_min").min()
-            assert isinstance(first, dt.datetime)
-            redo_from = min(ws, first)
+            first = _instant(late.get_column("ts_min").min())
+            redo_from = min(ws, max(first, ctx.load_from))
     load_from = min(ctx.load_from, redo_from - (ws - ctx.load_from))
     meters = _load_meters(conn, pid)
     readings = store.load_readings(conn, pid, (load_from, we))

@@ -703,3 +703,46 @@ def test_late_readings_recompute_the_intervals_and_rollups_they_touch(estate: Es
     assert [c for _, c, _, _ in after] != [c for _, c, _, _ in before]
     # Another meter's rows in the same hours were not touched (computed_at unchanged).
     assert other_after == other_before
+
+
+def test_late_readings_older_than_the_lookback_are_said_not_recomputed(
+    estate: Estate, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A reading that arrives later than the lookback reaches is stored by ingest, but a tick
+    does not recompute that far back: it says so and carries on with its own window."""
+    from analytics.jobs import pipeline_work  # noqa: PLC0415
+
+    url = estate.url
+    clock = FakeClock(estate.until + dt.timedelta(minutes=5))
+    pool = open_pool(url, min_size=1, max_size=2, name="mw-test-analytics-too-late")
+    old = estate.until - dt.timedelta(days=8)  # REAL's lookback is 7 days
+    try:
+        worker = AnalyticsWorker(pool, pipeline_work(), config=REAL, clock=clock)
+        worker.run_all()
+        time.sleep(1.5)  # the late row's received_at must be after the tick's horizon
+        with psycopg.connect(url) as conn:
+            conn.execute(
+                "INSERT INTO readings (meter_id, channel, ts, value, quality, source, received_at)"
+                " SELECT id, 'energy_import_kwh', %s, 1.0, 'good', 'backfill',"
+                " now() - interval '61 seconds' FROM meters WHERE code = 'b1-flat-04'",
+                (old,),
+            )
+        clock.advance(Q)
+        capsys.readouterr()
+        summaries = worker.run_all()
+    finally:
+        pool.close()
+    assert [s.steps for s in summaries if s.kind == "intraday"] == [1]
+    logged = "".join(capsys.readouterr())
+    assert "late readings older than the lookback are not recomputed" in logged
+    with psycopg.connect(url) as conn:
+        written = conn.execute(
+            "SELECT count(*) FROM consumption_intervals WHERE start_at < %s", (old,)
+        ).fetchone()
+        note = conn.execute(
+            "SELECT detail->>'note' FROM analytics_runs WHERE kind = 'intraday'"
+            " ORDER BY window_end DESC LIMIT 1"
+        ).fetchone()
+    assert written == (0,)
+    assert note is not None
+    assert "late streams" not in (note[0] or "")
