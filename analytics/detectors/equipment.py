@@ -71,8 +71,7 @@ import polars as pl
 
 from analytics import frames
 from analytics.detectors import common
-from analytics.detectors.common import MAD_TO_SIGMA
-from analytics.detectors.leak import with_local_clock  # belongs in common (not ours to edit)
+from analytics.detectors.common import MAD_TO_SIGMA, with_local_clock
 
 # figure -> (rule, what it means, default warn rise, default failure rise)
 FIGURES: Final[Mapping[str, tuple[str, str, float, float]]] = {

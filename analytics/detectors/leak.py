@@ -23,7 +23,6 @@ the leak costs a day.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,11 +31,11 @@ import polars as pl
 from analytics.detectors.common import (
     concat_findings,
     iso,
-    local_time,
     meter_zones,
     severity,
     sort_streams,
     to_findings,
+    with_local_clock,
     zones_of,
 )
 from analytics.frames import FINDINGS_SCHEMA, empty
@@ -96,57 +95,6 @@ def detect_leak(
     return concat_findings(
         [_night_findings(nights, params), _continuous_findings(flows, nights, params)]
     )
-
-
-def with_local_clock(
-    df: pl.DataFrame,
-    zones: Sequence[str],
-    derive: Callable[[pl.Expr], list[pl.Expr]],
-    ts: str = "ts",
-    zone: str = "time_zone",
-) -> pl.DataFrame:
-    """`df` with the columns `derive` makes of each row's local wall-clock time (`local_time` of
-    `ts` in `zone`), computed once per distinct (zone, instant) and joined back by one Int64.
-
-    Converting every row costs one time-zone conversion per zone per row (the `local_time`
-    chain); readings share their instants across meters (a fleet polled on the same grid), so
-    the distinct pairs are a few thousand where the rows are millions. Distinct instants, not
-    hours: the result is exactly `local_time`'s, also in zones whose offset is not whole hours
-    (Asia/Kolkata) and at instants inside a DST change. Row order is kept.
-
-    >>> import datetime as dt
-    >>> df = pl.DataFrame({"ts": [dt.datetime(2026, 1, 5, 18, 30, tzinfo=dt.UTC)] * 3,
-    ...     "time_zone": ["Asia/Kolkata", None, "Asia/Kolkata"]})
-    >>> with_local_clock(df, ["Asia/Kolkata"], lambda t: [t.dt.hour().alias("h")])["h"].to_list()
-    [0, 18, 0]
-    """
-    dtype = df.schema[ts]
-    if df.height == 0 or not isinstance(dtype, pl.Datetime):
-        return df.with_columns(derive(local_time(ts, zone, zones)))
-    raw = pl.col(ts).cast(pl.Int64)  # in the column's own time unit: no rounding
-    lo, hi = df.select(raw.min().alias("lo"), raw.max().alias("hi")).row(0)
-    if lo is None or hi is None:
-        return df.with_columns(derive(local_time(ts, zone, zones)))
-    span = int(hi) - int(lo) + 1
-    if span * (len(zones) + 1) >= 2**62:  # no room for one packed key: per row
-        return df.with_columns(derive(local_time(ts, zone, zones)))
-    code = (
-        pl.col(zone)
-        .cast(pl.String)
-        .replace_strict(list(zones), list(range(len(zones))), default=-1, return_dtype=pl.Int64)
-        .fill_null(-1)
-    )
-    # zone code + 1 (0: unknown or null zone, left in UTC) in the high part, instant in the low
-    key = (code + 1) * span + (raw - int(lo))
-    keyed = df.with_columns(key.alias("_zt"))
-    clock = keyed.select(pl.col("_zt").unique()).with_columns(
-        (pl.col("_zt") % span + int(lo)).cast(dtype).alias(ts),
-        (pl.col("_zt") // span - 1)
-        .replace_strict(list(range(len(zones))), list(zones), default=None, return_dtype=pl.String)
-        .alias(zone),
-    )
-    clock = clock.select("_zt", *derive(local_time(ts, zone, zones)))
-    return keyed.join(clock, on="_zt", how="left", maintain_order="left").drop("_zt")
 
 
 def _flows(

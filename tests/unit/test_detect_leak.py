@@ -10,8 +10,8 @@ import random
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from analytics.detectors.common import local_time
-from analytics.detectors.leak import LeakParams, detect_leak, with_local_clock
+from analytics.detectors.common import local_time, with_local_clock
+from analytics.detectors.leak import LeakParams, detect_leak
 from analytics.frames import CONSUMPTION_QUALITY_ENUM, FINDINGS_SCHEMA
 from tests.support.detector_data import grid, meters, overlaps, readings, shuffled, simulated
 
