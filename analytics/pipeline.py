@@ -40,7 +40,7 @@ from analytics.detectors import (
     detect_usage,
 )
 from analytics.detectors.common import concat_findings
-from analytics.frames import FINDINGS_SCHEMA, SEVERITY_ENUM, TS, evidence
+from analytics.frames import FINDINGS_SCHEMA, SEVERITY_ENUM, evidence, readings_frame
 from analytics.rollups import rollup
 
 # Counter events that are findings, with their severity.
@@ -93,7 +93,7 @@ def run_pass(
     [('m1', 'reset', 'info')]
     """
     p = PassParams() if params is None else params
-    frame = _compact(readings)
+    frame = readings_frame(readings).collect()
     counted = consumption(frame, meters, params=p.consumption)
     intervals = counted.intervals
     parts = [
@@ -114,27 +114,6 @@ def run_pass(
     valued = intervals.filter(pl.col("consumption").is_not_null())
     rollups = rollup(valued if p.rollups else valued.clear(), meters)
     return PassResult(intervals, counted.events, concat_findings(parts), rollups)
-
-
-def _compact(readings: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    """The readings' five columns; id and quality columns stay dictionary-encoded when they come
-    so (the simulators' and Parquet exports' enums): as strings they were 2.5x the input's
-    memory (191 -> 477 MB on the 10 M-reading benchmark), held for the whole pass. Every step
-    takes either; the outputs are the same (`tests/unit/test_pipeline.py`)."""
-    lf = readings.lazy()
-    schema = lf.collect_schema()
-
-    def ids(name: str) -> pl.Expr:
-        encoded = isinstance(schema[name], pl.Enum | pl.Categorical)
-        return pl.col(name) if encoded else pl.col(name).cast(pl.String)
-
-    return lf.select(
-        ids("meter_id"),
-        ids("channel"),
-        pl.col("ts").cast(TS),
-        pl.col("value").cast(pl.Float64),
-        ids("quality"),
-    ).collect()
 
 
 def event_findings(events: pl.DataFrame) -> pl.DataFrame:

@@ -246,7 +246,7 @@ def polars_worker(ds: Dataset, out: Path, profile: bool, detectors: bool = True)
             last, last_cpu = time.perf_counter(), time.process_time()
 
         frame = readings_frame(readings).collect()
-        lap("readings_frame (String columns)")
+        lap("readings_frame")
         counted = consumption(frame, meters)
         lap("consumption")
         parts = []
@@ -561,7 +561,7 @@ def main() -> None:
     pol = best["polars"]
     print(
         f"input: readings frame as loaded {pol['input_mb']:,.0f} MB (Enum meter/channel/quality;"
-        f" as READINGS_SCHEMA strings, run_pass's first step, ~{pol['frame_mb']:,.0f} MB)"
+        f" after readings_frame, run_pass's first step, ~{pol['frame_mb']:,.0f} MB)"
     )
     print(
         f"full pass (run_pass + all detectors + rollups): {rate('polars'):,.0f} readings/s,"
