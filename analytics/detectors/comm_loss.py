@@ -272,13 +272,19 @@ def _intermittent(df: pl.DataFrame, params: CommLossParams) -> pl.DataFrame:
         .filter(pl.col("lost_total") >= params.intermittent_polls)
         .collect()
     )
-    return out.select(
+    return _spells(out, w)
+
+
+def _spells(runs: pl.DataFrame, window: int | None) -> pl.DataFrame:
+    """`_runs` rows as spells: string ids, the lost-poll count and the window it was counted in
+    (None for a plain run)."""
+    return runs.select(
         pl.col("meter_id").cast(pl.String),
         pl.col("channel").cast(pl.String),
         "start",
         "end",
         pl.col("lost_total").alias("lost"),
-        pl.lit(w, pl.Int64).alias("window"),
+        pl.lit(window, pl.Int64).alias("window"),
         "cadence",
     )
 
@@ -315,15 +321,7 @@ def _no_value(df: pl.DataFrame, params: CommLossParams) -> pl.DataFrame:
         "_stream", "meter_id", "channel", "ts", "cadence", nan.cast(pl.Int64).alias("lost")
     )
     out = _runs(work, pl.col("lost") > 0).filter(pl.col("lost_total") >= params.nan_polls)
-    return out.collect().select(
-        pl.col("meter_id").cast(pl.String),
-        pl.col("channel").cast(pl.String),
-        "start",
-        "end",
-        pl.col("lost_total").alias("lost"),
-        pl.lit(None, pl.Int64).alias("window"),
-        "cadence",
-    )
+    return _spells(out.collect(), None)
 
 
 def _outside(episodes: pl.DataFrame, cover: pl.DataFrame) -> pl.DataFrame:
